@@ -1,0 +1,177 @@
+"""The library's commands: ``smoothblock train`` and ``smoothblock evaluate``.
+
+:func:`add_commands` adds them to any argparse sub-parser set, so a higher-level console script
+(the search) can wire them in without this package importing anything above it.
+Bad input ends with one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+import typing
+from pathlib import Path
+
+from .attacks import ATTACKS, AttackSettings
+from .checkpoint import _atomic_write
+from .config import FIELD_NAMES, METHODS, Config
+from .errors import ConfigError, SmoothBlockError
+
+DEFENSE_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble")
+COLUMNS = [("clean_acc", "clean")] + [(f"fgsm_{e}_acc", f"FGSM {e}") for e in (1, 2, 4, 8, 16, 32)] + [
+    ("pgd_acc", "PGD"), ("cw_acc", "C&W acc"), ("cw_asr", "C&W ASR"), ("eot_pgd_acc", "EOT-PGD")]
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_field_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
+    """``--name`` (and ``--na-me``) for configuration fields, typed from the dataclass."""
+    hints = typing.get_type_hints(Config)
+    for name in names:
+        hint = hints[name]
+        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        if typing.get_origin(base) is tuple:
+            parser.add_argument(*flags, dest=name, type=int, nargs="+", default=None, metavar="P")
+        elif base is bool:
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            parser.add_argument(*flags, dest=name, type=base, default=None)
+
+
+def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def add_commands(subparsers) -> None:
+    """Add ``train`` and ``evaluate`` to an argparse sub-parser set."""
+    train = subparsers.add_parser("train", help="train a (defended) model from a YAML configuration")
+    train.add_argument("--config", required=True, help="YAML file of configuration fields")
+    train.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_field_flags(train, FIELD_NAMES)
+    train.set_defaults(handler=run_train)
+
+    ev = subparsers.add_parser("evaluate", help="clean and robust accuracy, thesis-style table")
+    ev.add_argument("--model", required=True, help="a shipped model name or a checkpoint file")
+    ev.add_argument("--methods", nargs="+", choices=METHODS, default=["none", "dropblock", "smoothblock"],
+                    help="table rows; the defense options below apply to every defended row")
+    ev.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
+    ev.add_argument("--n", type=int, default=1000, help="number of images (C&W: at most --cw_n of them)")
+    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.add_argument("--data", default=None, help="cifar10 or an ImageFolder folder (default: the model's)")
+    ev.add_argument("--json", default=None, help="write the metrics to this JSON file")
+    ev.add_argument("--batch_size", "--batch-size", type=int, default=250)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--cache_dir", "--cache-dir", default=None)
+    ev.add_argument("--quiet", action="store_true")
+    for f in dataclasses.fields(AttackSettings):
+        if f.name != "fgsm_eps":
+            ev.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name,
+                            type=type(f.default), default=f.default)
+    _add_field_flags(ev, DEFENSE_FIELDS)
+    ev.set_defaults(handler=run_evaluate)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from .train import train
+
+    cfg = Config.load(args.config)
+    overrides = _overrides(args, FIELD_NAMES)
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    result = train(cfg, resume=args.resume, progress=not args.quiet)
+    last = result.history[-1] if result.history else {}
+    print(f"trained {cfg.arch} for {len(result.history)} epochs: val_acc {last.get('val_acc', float('nan')):.4f}; "
+          f"weights in {result.weights_path}")
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_dataset, load_splits
+    from .evaluation import evaluate
+    from .hub import load_model
+    from .train import resolve_device
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    device = resolve_device(args.device)
+    defense = _overrides(args, DEFENSE_FIELDS)
+    models = {}
+    for method in args.methods:  # load (and validate) every row before the long part starts
+        models[method] = load_model(args.model, device=device, method=method, **defense)
+    base_cfg = next(iter(models.values())).smoothblock_config
+    data = args.data or base_cfg.data
+    if args.split == "test":
+        dataset, _ = load_dataset(data, "test", args.cache_dir or base_cfg.cache_dir)
+    else:
+        dataset = load_splits(data, val_size=base_cfg.val_size, split_seed=base_cfg.split_seed,
+                              cache_dir=args.cache_dir or base_cfg.cache_dir, need_test=False).val
+    settings = AttackSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AttackSettings)
+                                 if f.name != "fgsm_eps"})
+    torch.set_grad_enabled(True)
+    rows, seconds = {}, {}
+    for method, model in models.items():
+        started = time.perf_counter()
+        logging.getLogger(__name__).info("evaluating %s on %d %s images", method, min(args.n, len(dataset)), args.split)
+        rows[method] = evaluate(model, dataset, attacks=tuple(args.attacks), n=args.n,
+                                batch_size=args.batch_size, settings=settings, seed=args.seed,
+                                device=device, num_classes=base_cfg.num_classes, progress=not args.quiet)
+        seconds[method] = round(time.perf_counter() - started, 1)
+    print(format_table(rows))
+    if args.json:
+        report = {"model": str(args.model), "data": data, "split": args.split, "seed": args.seed,
+                  "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
+                  "configs": {m: model.smoothblock_config.to_dict() for m, model in models.items()},
+                  "metrics": rows}
+        _atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+    return 0
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    """The thesis-style table (percent): one row per method, the columns that were measured."""
+    names = {"none": "no defense", "dropblock": "DropBlock", "smoothblock": "SmoothBlock", "mixed": "mixed"}
+    cols = [(key, title) for key, title in COLUMNS if any(key in r for r in rows.values())]
+    header = "| defense | " + " | ".join(title for _, title in cols) + " |"
+    lines = [header, "|" + " --- |" * (len(cols) + 1)]
+    for method, metrics in rows.items():
+        cells = [f"{100 * metrics[key]:.2f}" if key in metrics else "-" for key, _ in cols]
+        lines.append(f"| {names.get(method, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="smoothblock", description="SmoothBlock: train and evaluate defended models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add_commands(sub)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; bad input -> one line on stderr and status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.handler(args)
+    except SmoothBlockError as exc:
+        print(f"smoothblock: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smoothblock: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""Data: CIFAR-10 (torchvision download) or an ImageFolder folder, as cached uint8 tensors.
+
+Images are decoded once into one uint8 tensor (N, 3, H, W) cached outside the data folder
+(``cache_dir``, default ``$SMOOTHBLOCK_CACHE`` or ``~/.cache/smoothblock``), so a second run
+starts in seconds. A seeded validation split is carved from the training set: searches score on
+it, never on the test set, and the shipped model is trained without it.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import DataError
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+@dataclass(frozen=True)
+class TensorDataset:
+    """Images as uint8 (N, 3, H, W) and labels as int64 (N,), on the CPU."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: torch.Tensor | slice) -> TensorDataset:
+        return TensorDataset(self.images[index], self.labels[index])
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Training images (minus validation), validation images carved from training, test images."""
+
+    train: TensorDataset
+    val: TensorDataset
+    test: TensorDataset
+    classes: tuple[str, ...]
+
+
+def cache_root(cache_dir: str | None = None) -> Path:
+    return Path(cache_dir or os.environ.get("SMOOTHBLOCK_CACHE") or Path.home() / ".cache" / "smoothblock")
+
+
+def _torchvision_cifar10(split: str, cache_dir: str | None) -> tuple[TensorDataset, tuple[str, ...]]:
+    from torchvision.datasets import CIFAR10
+
+    root = cache_root(cache_dir) / "cifar10"
+    try:
+        ds = CIFAR10(root=str(root), train=split == "train", download=True)
+    except Exception as exc:  # URLError, socket errors, checksum failures
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(
+            f"could not download CIFAR-10 into {root} ({reason}); pass --data DIR with a local "
+            "ImageFolder copy (train/ and test/)"
+        ) from None
+    images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return TensorDataset(images, torch.tensor(ds.targets, dtype=torch.int64)), tuple(ds.classes)
+
+
+def _list_folder(folder: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    if not folder.is_dir():
+        raise DataError(f"data folder {folder} does not exist")
+    classes = tuple(sorted(d.name for d in os.scandir(folder) if d.is_dir()))
+    files: list[Path] = []
+    labels: list[int] = []
+    for label, name in enumerate(classes):
+        names = sorted(e.name for e in os.scandir(folder / name)
+                       if e.is_file() and e.name.lower().endswith(IMAGE_SUFFIXES))
+        files += [folder / name / n for n in names]
+        labels += [label] * len(names)
+    if not files:
+        raise DataError(f"data folder {folder} holds no images in <class>/<image> subfolders")
+    return files, labels, classes
+
+
+def _decode(files: list[Path], desc: str) -> torch.Tensor:
+    from torchvision.io import ImageReadMode, decode_image, read_file
+
+    images = []
+    for path in tqdm(files, desc=desc, unit="img", mininterval=2.0, disable=len(files) < 2000):
+        try:
+            images.append(decode_image(read_file(str(path)), mode=ImageReadMode.RGB))
+        except RuntimeError:
+            raise DataError(f"{path} is not a readable image") from None
+    shapes = {tuple(t.shape) for t in images}
+    if len(shapes) != 1:
+        raise DataError(f"images in {files[0].parent.parent} differ in size: {sorted(shapes)[:2]}")
+    return torch.stack(images)
+
+
+def _image_folder(folder: Path, split: str, cache_dir: str | None) -> tuple[TensorDataset, tuple[str, ...]]:
+    files, labels, classes = _list_folder(folder / split)
+    # The key changes whenever the folder's list of files does, so a stale cache is never read.
+    key = hashlib.sha256("\n".join(map(str, [folder.resolve(), split, *files])).encode()).hexdigest()[:16]
+    cache_file = cache_root(cache_dir) / "folders" / f"{folder.name}-{split}-{key}.pt"
+    if cache_file.is_file():
+        try:
+            cached = torch.load(cache_file, map_location="cpu", weights_only=True)
+            if len(cached["labels"]) == len(files):
+                return TensorDataset(cached["images"], cached["labels"]), classes
+        except Exception:  # a cache file cut short by a killed run: decode again
+            log.warning("ignoring unreadable cache %s", cache_file)
+    images = _decode(files, f"decoding {folder.name}/{split}")
+    dataset = TensorDataset(images, torch.tensor(labels, dtype=torch.int64))
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"images": dataset.images, "labels": dataset.labels}, tmp)
+    os.replace(tmp, cache_file)
+    return dataset, classes
+
+
+def load_dataset(data: str, split: str, cache_dir: str | None = None) -> tuple[TensorDataset, tuple[str, ...]]:
+    """One split (``"train"`` or ``"test"``) of ``data`` ("cifar10" or an ImageFolder folder)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be train or test, got {split!r}")
+    if data == "cifar10":
+        return _torchvision_cifar10(split, cache_dir)
+    return _image_folder(Path(data).expanduser(), split, cache_dir)
+
+
+def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded (train, val) index split of ``n`` training images; val has ``val_size`` images."""
+    if val_size >= n:
+        raise DataError(f"val_size {val_size} leaves no training images out of {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def load_splits(data: str, *, val_size: int = 5000, split_seed: int = 0, subset: int | None = None,
+                cache_dir: str | None = None, need_test: bool = True) -> Splits:
+    """Training, validation and test sets.
+
+    ``subset`` keeps the first ``subset`` training images of a seeded shuffle (after the
+    validation images are removed), so a subset never overlaps validation.
+    """
+    full_train, classes = load_dataset(data, "train", cache_dir)
+    train_idx, val_idx = split_indices(len(full_train), val_size, split_seed)
+    if subset is not None:
+        shuffled = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(split_seed + 1))]
+        train_idx = shuffled[:subset].sort().values
+    if need_test:
+        test, _ = load_dataset(data, "test", cache_dir)
+    else:
+        test = TensorDataset(full_train.images[:0], full_train.labels[:0])
+    return Splits(full_train.take(train_idx), full_train.take(val_idx), test, classes)
+
+
+def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32 in [0, 1] on ``device``."""
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def iterate_batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool = False,
+                    generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+                    drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (images float in [0, 1], labels) batches from tensors; no per-image Python work."""
+    n = len(dataset)
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield to_float(dataset.images[idx], device), dataset.labels[idx].to(device, non_blocking=True)
+
+
+def augment(x: torch.Tensor, *, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding and random horizontal flip, on a whole batch at once.
+
+    Args:
+        x: images (N, C, H, W).
+        padding: pixels of zero padding before cropping back to H x W.
+        generator: CPU generator for the offsets and flips.
+
+    Returns:
+        Augmented images, same shape.
+    """
+    n, _, h, w = x.shape
+    padded = F.pad(x, (padding,) * 4)
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    rows = dy[:, None] + torch.arange(h, device=x.device)
+    cols = dx[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    batch = torch.arange(n, device=x.device)[:, None, None]
+    # Advanced indexing gathers every crop at once: result (N, H, W, C) -> (N, C, H, W).
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)

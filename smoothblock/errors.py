@@ -1,0 +1,17 @@
+"""Errors that mean "bad input": the CLI prints them as one line and exits with status 2."""
+
+
+class SmoothBlockError(Exception):
+    """Base class: the message is one line that names the problem."""
+
+
+class ConfigError(SmoothBlockError, ValueError):
+    """A configuration field is unknown, of the wrong type, or out of range."""
+
+
+class DataError(SmoothBlockError):
+    """A data folder is missing, empty, or not in the ImageFolder layout."""
+
+
+class CheckpointError(SmoothBlockError):
+    """A checkpoint is corrupt, of another architecture, not a checkpoint, or would run code."""

@@ -1,0 +1,70 @@
+"""``load_model``: a shipped name or a checkpoint path -> the whole defended model, in eval mode."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import load_checkpoint, load_state_into
+from .config import Config
+from .defended import build_model, wrap_for_inference
+from .errors import CheckpointError, ConfigError
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+def list_pretrained() -> list[str]:
+    """Names of the weights shipped inside the package."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+
+
+def resolve(name_or_path: str | Path) -> Path:
+    """The file behind a shipped name or a path; CheckpointError when neither exists."""
+    shipped = WEIGHTS_DIR / f"{name_or_path}.safetensors"
+    if shipped.is_file():
+        return shipped
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    known = ", ".join(list_pretrained()) or "none shipped yet"
+    raise CheckpointError(f"{name_or_path} is neither a shipped model ({known}) nor a checkpoint file")
+
+
+def load_config_and_weights(name_or_path: str | Path, **overrides: Any) -> tuple[Config, nn.Module]:
+    """The checkpoint's configuration with ``overrides`` applied, and the network with its weights.
+
+    The network is returned without the ensemble wrapper (in eval mode), for code that needs it.
+    """
+    path = resolve(name_or_path)
+    cfg, state_dict = load_checkpoint(path)
+    if "arch" in overrides and overrides["arch"] != cfg.arch:
+        raise CheckpointError(f"{path} holds a {cfg.arch}, not a {overrides['arch']}")
+    try:
+        cfg = cfg.replace(**overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"override: {exc}") from None
+    model = build_model(cfg)
+    load_state_into(model, state_dict, cfg, path)
+    return cfg, model.eval()
+
+
+def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
+    """Load a shipped model or a checkpoint as the whole defended model.
+
+    Args:
+        name_or_path: a name from :func:`list_pretrained` or a ``.safetensors`` / ``.pt`` file.
+        device: where to put the model.
+        **overrides: configuration fields that change the defense without retraining, for example
+            ``method="smoothblock", positions=[1], block_size=3, keep_prob=0.7, ensemble=8``.
+
+    Returns:
+        An nn.Module in eval mode that maps images in [0, 1], (N, 3, 32, 32), to the logits of the
+        defended model, ensemble included (for ensembles: log of the mean softmax), shape (N, K).
+        Its configuration is at ``model.smoothblock_config``.
+    """
+    cfg, model = load_config_and_weights(name_or_path, **overrides)
+    wrapped = wrap_for_inference(model, cfg).to(device).eval()
+    wrapped.smoothblock_config = cfg
+    return wrapped

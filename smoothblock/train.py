@@ -1,0 +1,176 @@
+"""Training: clean, with SmoothBlock/DropBlock as a regulariser, or adversarial (FGSM/PGD).
+
+Thesis Sections 4.3 (training with the regulariser) and 4.4 (adversarial training). One epoch at
+a time, with a checkpoint after each (``last.pt``) that :func:`train` with ``resume=True``
+continues from exactly: every epoch re-seeds its shuffling, augmentation and defense draws from
+``(seed, epoch)``, so a resumed run equals an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchattacks
+from torch import nn
+from tqdm import tqdm
+
+from .checkpoint import load_training_state, save_training_state, save_weights
+from .config import Config
+from .data import Splits, augment, iterate_batches, load_splits
+from .defended import build_model
+from .errors import CheckpointError
+from .recipes import Recipe, resolve_recipe
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, dict[str, float], nn.Module], None]
+
+
+@dataclass
+class TrainResult:
+    """What a finished run leaves: the model (eval mode), its per-epoch history and its files."""
+
+    model: nn.Module
+    history: list[dict[str, float]] = field(default_factory=list)
+    weights_path: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from .errors import ConfigError
+        raise ConfigError(f"device {name} asked for, but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config) -> torch.Tensor:
+    if cfg.adv_training == "fgsm":
+        attack = torchattacks.FGSM(model, eps=cfg.adv_eps)
+    else:
+        attack = torchattacks.PGD(model, eps=cfg.adv_eps, alpha=cfg.adv_alpha, steps=cfg.adv_steps,
+                                  random_start=True)
+    # The attack sees the model as training sees it (defense in training mode), but with batch
+    # norm on its running statistics so the attack's passes do not update them.
+    attack.set_model_training_mode(model_training=True, batchnorm_training=False)
+    return attack(images, labels)
+
+
+def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, cfg: Config,
+                    recipe: Recipe, epoch: int, device: torch.device, progress: bool = True) -> dict[str, float]:
+    """One pass over the training set; returns train_loss and train_acc of the epoch."""
+    model.train()
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    steps_per_epoch = max(1, len(splits.train) // recipe.batch_size)
+    batches = iterate_batches(splits.train, recipe.batch_size, shuffle=True, generator=generator,
+                              device=device, drop_last=len(splits.train) >= recipe.batch_size)
+    loss_sum, correct, seen = 0.0, 0, 0
+    bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
+               disable=not progress, leave=False)
+    for i, (images, labels) in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
+        images = augment(images, generator=generator).contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            if cfg.adv_training != "none":
+                adv = _adversarial(model, images, labels, cfg)
+                out_clean, out_adv = model(images), model(adv)
+                loss = ((1 - cfg.adv_ratio) * F.cross_entropy(out_clean, labels, label_smoothing=recipe.label_smoothing)
+                        + cfg.adv_ratio * F.cross_entropy(out_adv, labels, label_smoothing=recipe.label_smoothing))
+                logits = out_clean
+            else:
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * len(labels)
+        correct += int((logits.argmax(1) == labels).sum())
+        seen += len(labels)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 512, bf16: bool = False) -> float:
+    """Clean accuracy of ``model`` (in eval mode) on a TensorDataset."""
+    model.eval()
+    if len(dataset) == 0:
+        return float("nan")
+    correct = 0
+    for images, labels in iterate_batches(dataset, batch_size, device=device):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            correct += int((model(images.contiguous(memory_format=torch.channels_last)).argmax(1) == labels).sum())
+    return correct / len(dataset)
+
+
+def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
+          on_epoch_end: EpochCallback | None = None, progress: bool = True) -> TrainResult:
+    """Train the model ``cfg`` describes; checkpoint every epoch into ``cfg.out_dir``.
+
+    Args:
+        cfg: the configuration (model, defense, data, recipe).
+        resume: continue from ``cfg.out_dir/last.pt``; without it, an existing checkpoint there is
+            an error rather than something to overwrite.
+        splits: data already loaded (for callers that train many models on the same data).
+        on_epoch_end: called as ``(epoch, metrics, model)`` after each epoch's checkpoint.
+
+    Returns:
+        A :class:`TrainResult`; ``out_dir`` then holds ``model.safetensors`` (weights and
+        configuration), ``config.yaml``, ``last.pt`` and ``log.jsonl`` (one line per epoch).
+    """
+    out = Path(cfg.out_dir)
+    state_path = out / "last.pt"
+    state: dict[str, Any] | None = None
+    if resume:
+        state = load_training_state(state_path)
+        saved = Config.from_yaml(state["config"], source=f"configuration in {state_path}")
+        if saved.replace(epochs=cfg.epochs) != cfg:
+            raise CheckpointError(f"{state_path} was written for another configuration; only epochs may change on --resume")
+    elif state_path.exists():
+        raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
+    device = resolve_device(cfg.device)
+    recipe = resolve_recipe(cfg)
+    if splits is None:
+        splits = load_splits(cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed, subset=cfg.subset,
+                             cache_dir=cfg.cache_dir, need_test=False)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
+    optimizer = recipe.optimizer(model)
+    history: list[dict[str, float]] = []
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = list(state["history"])
+        start_epoch = int(state["epoch"])
+        log.info("resuming %s at epoch %d", out, start_epoch + 1)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / "config.yaml")
+    for epoch in range(start_epoch, recipe.epochs):
+        started = time.perf_counter()
+        metrics = train_one_epoch(model, optimizer, splits, cfg, recipe, epoch, device, progress)
+        metrics["val_acc"] = accuracy(model, splits.val, device, bf16=cfg.bf16)
+        metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
+                       seconds=round(time.perf_counter() - started, 2))
+        history.append(metrics)
+        save_training_state(state_path, {"config": cfg.to_yaml(), "epoch": epoch + 1, "history": history,
+                                         "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+        log.info("epoch %d/%d %s", epoch + 1, recipe.epochs,
+                 " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch",)))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch + 1, metrics, model)
+    weights = out / "model.safetensors"
+    save_weights(weights, model.state_dict(), cfg)
+    return TrainResult(model=model.eval(), history=history, weights_path=weights)
