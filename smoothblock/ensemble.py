@@ -31,7 +31,8 @@ class SelfEnsemble(nn.Module):
     """Average the softmax of ``n`` stochastic passes of ``model``.
 
     Args:
-        model: maps images (N, C, H, W) to logits (N, K). Models with a ``stages`` ModuleDict
+        model: maps images (N, C, H, W) to logits (N, K). Models with a ``stages`` ModuleDict whose
+            forward runs the stages in order
             (the CIFAR ResNets) get prefix reuse; any other model runs n full passes, batched.
         n: number of passes.
         max_rows: at most this many rows go through the suffix at once (memory bound).

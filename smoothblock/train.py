@@ -51,6 +51,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def use_bf16(cfg: Config, device: torch.device) -> bool:
+    """Whether to train under bfloat16 autocast: ``cfg.bf16``, or where it pays off when None."""
+    if cfg.bf16 is not None:
+        return cfg.bf16
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return "amx_bf16" in f.read()
+    except OSError:
+        return False
+
+
 def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config) -> torch.Tensor:
     if cfg.adv_training == "fgsm":
         attack = torchattacks.FGSM(model, eps=cfg.adv_eps)
@@ -64,7 +77,8 @@ def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, cfg: Config,
-                    recipe: Recipe, epoch: int, device: torch.device, progress: bool = True) -> dict[str, float]:
+                    recipe: Recipe, epoch: int, device: torch.device, progress: bool = True,
+                    bf16: bool = False) -> dict[str, float]:
     """One pass over the training set; returns train_loss and train_acc of the epoch."""
     model.train()
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
@@ -79,7 +93,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
         images = augment(images, generator=generator).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if cfg.adv_training != "none":
                 adv = _adversarial(model, images, labels, cfg)
                 out_clean, out_adv = model(images), model(adv)
@@ -141,6 +155,7 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
     device = resolve_device(cfg.device)
     recipe = resolve_recipe(cfg)
+    bf16 = use_bf16(cfg, device)
     if splits is None:
         splits = load_splits(cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed, subset=cfg.subset,
                              cache_dir=cfg.cache_dir, need_test=False)
@@ -159,8 +174,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     cfg.save(out / "config.yaml")
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, splits, cfg, recipe, epoch, device, progress)
-        metrics["val_acc"] = accuracy(model, splits.val, device, bf16=cfg.bf16)
+        metrics = train_one_epoch(model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16)
+        metrics["val_acc"] = accuracy(model, splits.val, device, bf16=bf16)
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                        seconds=round(time.perf_counter() - started, 2))
         history.append(metrics)

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_png
+
+SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test writes decoded tensors and downloads into its own cache, never ~/.cache."""
+    monkeypatch.setenv("SMOOTHBLOCK_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def make_image_folder(root: Path, per_class: tuple[int, int] = (8, 2), classes: int = 10, seed: int = 0) -> Path:
+    """An ImageFolder tree (train/, test/) of random 32x32 PNGs whose mean colour encodes the class."""
+    g = torch.Generator().manual_seed(seed)
+    for split, count in zip(("train", "test"), per_class):
+        for k in range(classes):
+            d = root / split / f"class{k:02d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                base = torch.full((3, 32, 32), 20.0 + 20 * k)
+                img = (base + torch.randint(0, 30, (3, 32, 32), generator=g)).clamp(0, 255).to(torch.uint8)
+                write_png(img, str(d / f"{i:04d}.png"))
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    return make_image_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture
+def tiny_config(image_folder, tmp_path):
+    from smoothblock import Config
+
+    return Config(data=str(image_folder), val_size=20, epochs=2, batch_size=16, out_dir=str(tmp_path / "run"),
+                  device="cpu", bf16=False)

@@ -1,0 +1,65 @@
+import pytest
+
+from smoothblock import Config, ConfigError
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = Config(method="mixed", positions=(1, 4), block_size=5, keep_prob=0.8, ensemble=8, subset=100, lr=0.05)
+    assert Config.from_yaml(cfg.to_yaml()) == cfg
+    cfg.save(tmp_path / "c.yaml")
+    assert Config.load(tmp_path / "c.yaml") == cfg
+    assert Config.from_dict(cfg.to_dict()) == cfg
+
+
+def test_numbers_stay_numbers():
+    cfg = Config(keep_prob=1, lr=1)
+    assert isinstance(cfg.keep_prob, float) and isinstance(cfg.lr, float)
+    assert "keep_prob: 1.0" in cfg.to_yaml()
+
+
+def test_replace_validates():
+    with pytest.raises(ConfigError, match="keep_prob"):
+        Config().replace(keep_prob=2.0)
+    with pytest.raises(ConfigError, match="unknown key 'keep_probability'"):
+        Config().replace(keep_probability=0.5)
+
+
+def test_passes_counts_the_inference_cost():
+    assert Config(ensemble=8).passes == 8
+    assert Config(ensemble=8, method="none").passes == 1
+    assert Config(ensemble=8, defense_at="train").passes == 1
+
+
+@pytest.mark.parametrize("data,msg", [
+    ({"keep_probability": 0.5}, "unknown key 'keep_probability'"),
+    ({"block_size": "3"}, "block_size must be of type int"),
+    ({"block_size": 2.5}, "block_size must be of type int"),
+    ({"ensemble": True}, "ensemble must be of type int"),
+    ({"keep_prob": "high"}, "keep_prob must be of type float"),
+    ({"positions": "1"}, "positions must be a list of integers"),
+    ({"keep_prob": 0.0}, r"keep_prob must be in \(0, 1\]"),
+    ({"keep_prob": 1.2}, r"keep_prob must be in \(0, 1\]"),
+    ({"block_size": 0}, "block_size must be >= 1"),
+    ({"positions": [6]}, "position 6 does not exist"),
+    ({"positions": [4], "block_size": 9}, "block_size 9 is larger than the 8x8 feature map at position 4"),
+    ({"method": "cutout"}, "method must be one of"),
+    ({"arch": "resnet18"}, "arch must be one of"),
+    ({"positions": []}, "positions must name at least one position"),
+    ({"ensemble": 0}, "ensemble must be >= 1"),
+    ({"positions": [1, 1]}, "positions must not repeat"),
+    ({"lr": -1.0}, "lr must be > 0"),
+])
+def test_bad_configurations(data, msg):
+    with pytest.raises(ConfigError, match=msg):
+        Config.from_dict(data)
+
+
+def test_block_larger_than_map_is_fine_at_the_one_by_one_position():
+    assert Config(positions=(5,), block_size=7).block_size == 7
+
+
+def test_bad_yaml():
+    with pytest.raises(ConfigError, match="not valid YAML at line 3"):
+        Config.from_yaml("method: smoothblock\nkeep_prob: [0.5\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        Config.from_yaml("- 1\n- 2\n")
