@@ -35,7 +35,8 @@ def _add_field_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) ->
     hints = typing.get_type_hints(Config)
     for name in names:
         hint = hints[name]
-        base = next((a for a in typing.get_args(hint) if a is not type(None)), hint)
+        args = typing.get_args(hint)
+        base = next(a for a in args if a is not type(None)) if type(None) in args else hint
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         if typing.get_origin(base) is tuple:
             parser.add_argument(*flags, dest=name, type=int, nargs="+", default=None, metavar="P")

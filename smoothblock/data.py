@@ -86,13 +86,15 @@ def _list_folder(folder: Path) -> tuple[list[Path], list[int], tuple[str, ...]]:
 
 
 def _decode(files: list[Path], desc: str) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_image, read_file
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     images = []
     for path in tqdm(files, desc=desc, unit="img", mininterval=2.0, disable=len(files) < 2000):
         try:
-            images.append(decode_image(read_file(str(path)), mode=ImageReadMode.RGB))
-        except RuntimeError:
+            with Image.open(path) as img:
+                images.append(torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1))
+        except (OSError, UnidentifiedImageError):
             raise DataError(f"{path} is not a readable image") from None
     shapes = {tuple(t.shape) for t in images}
     if len(shapes) != 1:

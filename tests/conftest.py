@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from torchvision.io import write_png
+from PIL import Image
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg"
 
@@ -25,7 +25,7 @@ def make_image_folder(root: Path, per_class: tuple[int, int] = (8, 2), classes: 
             for i in range(count):
                 base = torch.full((3, 32, 32), 20.0 + 20 * k)
                 img = (base + torch.randint(0, 30, (3, 32, 32), generator=g)).clamp(0, 255).to(torch.uint8)
-                write_png(img, str(d / f"{i:04d}.png"))
+                Image.fromarray(img.permute(1, 2, 0).numpy()).save(d / f"{i:04d}.png")
     return root
 
 

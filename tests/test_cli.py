@@ -1,0 +1,148 @@
+"""The commands, and every kind of bad input: one line on stderr, status 2, nothing half-written."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from smoothblock import Config
+from smoothblock.checkpoint import save_training_state, save_weights
+from smoothblock.cli import main
+from smoothblock.models import create_model
+
+
+def _fails(capsys, argv, message):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+
+
+def _config(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, image_folder):
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg = Config(data=str(image_folder), val_size=20, method="none", out_dir=str(out))
+    save_weights(out / "model.safetensors", create_model("resnet20").state_dict(), cfg)
+    return out / "model.safetensors"
+
+
+def test_train_then_evaluate_through_the_cli(capsys, tmp_path, image_folder):
+    out = tmp_path / "run"
+    path = _config(tmp_path, f"data: {image_folder}\nval_size: 20\nepochs: 1\nbatch_size: 16\nout_dir: {out}\nbf16: false\n")
+    assert main(["train", "--config", path, "--quiet"]) == 0
+    assert (out / "model.safetensors").is_file()
+    report = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(out / "model.safetensors"), "--attacks", "fgsm", "pgd", "--n", "10",
+                 "--keep_prob", "0.8", "--json", str(report), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "| no defense |" in table and "| SmoothBlock |" in table and "FGSM 32" in table
+    metrics = json.loads(report.read_text())["metrics"]
+    assert set(metrics) == {"none", "dropblock", "smoothblock"}
+    assert all(0 <= metrics["smoothblock"][k] <= 1 for k in ("clean_acc", "fgsm_8_acc", "pgd_acc"))
+
+
+@pytest.mark.parametrize("text,message", [
+    ("keep_prob: [0.5\n", "not valid YAML"),
+    ("keep_probability: 0.5\n", "unknown key 'keep_probability'"),
+    ("block_size: three\n", "block_size must be of type int"),
+    ("keep_prob: 0\n", "keep_prob must be in (0, 1]"),
+    ("keep_prob: 1.5\n", "keep_prob must be in (0, 1]"),
+    ("block_size: 0\n", "block_size must be >= 1"),
+    ("positions: [7]\n", "position 7 does not exist"),
+    ("positions: [4]\nblock_size: 11\n", "block_size 11 is larger than the 8x8 feature map"),
+])
+def test_bad_configuration(capsys, tmp_path, text, message):
+    out = tmp_path / "run"
+    _fails(capsys, ["train", "--config", _config(tmp_path, text + f"out_dir: {out}\n")], message)
+    assert not out.exists()
+
+
+def test_missing_config_file(capsys, tmp_path):
+    _fails(capsys, ["train", "--config", str(tmp_path / "nope.yaml")], "does not exist")
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda d: d / "missing", "does not exist"),
+    (lambda d: (d / "empty" / "train").mkdir(parents=True) or d / "empty", "holds no images"),
+])
+def test_missing_or_empty_data_folder(capsys, tmp_path, make, message):
+    data, out = make(tmp_path), tmp_path / "run"
+    _fails(capsys, ["train", "--config", _config(tmp_path, f"data: {data}\nout_dir: {out}\n")], message)
+    assert not out.exists()
+
+
+def test_bad_checkpoints(capsys, tmp_path, checkpoint):
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(os.urandom(2048))
+    _fails(capsys, ["evaluate", "--model", str(corrupt)], "corrupt or not a checkpoint")
+    truncated = tmp_path / "cut.safetensors"
+    truncated.write_bytes(checkpoint.read_bytes()[:5000])
+    _fails(capsys, ["evaluate", "--model", str(truncated)], "corrupt or not a safetensors checkpoint")
+    text = tmp_path / "notes.pt"
+    text.write_text("not a checkpoint at all\n")
+    _fails(capsys, ["evaluate", "--model", str(text)], "corrupt or not a checkpoint")
+    plain = tmp_path / "plain.pt"
+    torch.save({"weights": torch.zeros(3)}, plain)
+    _fails(capsys, ["evaluate", "--model", str(plain)], "not a smoothblock checkpoint")
+    other = tmp_path / "resnet32.pt"  # resnet32 weights under a resnet20 configuration
+    save_training_state(other, {"config": Config().to_yaml(), "model": create_model("resnet32").state_dict()})
+    _fails(capsys, ["evaluate", "--model", str(other)], "does not hold resnet20 weights")
+    _fails(capsys, ["evaluate", "--model", "resnet20-imagenet"], "neither a shipped model")
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(capsys, tmp_path):
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pt"
+    with open(evil, "wb") as f:
+        pickle.dump({"format": "smoothblock/1", "model": _RunsCode(marker)}, f)
+    _fails(capsys, ["evaluate", "--model", str(evil)], "would run code")
+    zipped = tmp_path / "evil_zip.pt"
+    torch.save({"format": "smoothblock/1", "model": _RunsCode(marker)}, zipped)
+    _fails(capsys, ["evaluate", "--model", str(zipped)], "would run code")
+    assert not marker.exists()
+
+
+def test_existing_run_needs_resume(capsys, tmp_path, image_folder):
+    out = tmp_path / "run"
+    path = _config(tmp_path, f"data: {image_folder}\nval_size: 20\nepochs: 1\nbatch_size: 16\nout_dir: {out}\nbf16: false\n")
+    assert main(["train", "--config", path, "--quiet"]) == 0
+    _fails(capsys, ["train", "--config", path], "pass --resume")
+    assert main(["train", "--config", path, "--resume", "--quiet"]) == 0  # all epochs done: nothing to do
+
+
+def test_bad_evaluate_options_write_nothing(capsys, tmp_path, checkpoint):
+    report = tmp_path / "m.json"
+    _fails(capsys, ["evaluate", "--model", str(checkpoint), "--keep_prob", "2", "--json", str(report)], "keep_prob")
+    _fails(capsys, ["evaluate", "--model", str(checkpoint), "--n", "0", "--json", str(report)], "--n must be >= 1")
+    _fails(capsys, ["evaluate", "--model", str(checkpoint), "--positions", "4", "--block_size", "9"], "larger than")
+    _fails(capsys, ["evaluate", "--model", str(checkpoint), "--data", str(tmp_path / "none")], "does not exist")
+    assert not report.exists()
+
+
+def test_console_script_exit_status_and_one_line(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("gamma: sometimes\n")
+    proc = subprocess.run([sys.executable, "-m", "smoothblock.cli", "train", "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "smoothblock: error: c.yaml: gamma must be one of calibrated, thesis, got 'sometimes'\n".replace(
+        "c.yaml", str(path))
+    proc = subprocess.run([sys.executable, "-m", "smoothblock.cli", "evaluate"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1

@@ -1,0 +1,81 @@
+import json
+
+import pytest
+import torch
+
+from smoothblock import CheckpointError, Config, load_model
+from smoothblock.data import load_splits
+from smoothblock.train import train
+
+
+def test_train_writes_checkpoints_and_a_log(tiny_config):
+    result = train(tiny_config, progress=False)
+    out = result.weights_path.parent
+    assert {p.name for p in out.iterdir()} >= {"model.safetensors", "last.pt", "config.yaml", "log.jsonl"}
+    lines = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    assert all(0 <= line["val_acc"] <= 1 and line["train_loss"] > 0 for line in lines)
+    assert Config.load(out / "config.yaml") == tiny_config
+
+
+def test_resume_continues_exactly(tiny_config, tmp_path):
+    straight = train(tiny_config.replace(out_dir=str(tmp_path / "a")), progress=False)
+    interrupted = tiny_config.replace(out_dir=str(tmp_path / "b"))
+
+    def stop_after_first_epoch(epoch, metrics, model):
+        raise KeyboardInterrupt  # as if the run were killed right after epoch 1's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, on_epoch_end=stop_after_first_epoch, progress=False)
+    resumed = train(interrupted, resume=True, progress=False)
+    assert len(resumed.history) == 2
+    for key, value in straight.model.state_dict().items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-5), key
+
+
+def test_existing_checkpoint_needs_resume_and_resume_needs_the_same_config(tiny_config):
+    train(tiny_config.replace(epochs=1), progress=False)
+    with pytest.raises(CheckpointError, match="already holds a checkpoint"):
+        train(tiny_config.replace(epochs=1), progress=False)
+    with pytest.raises(CheckpointError, match="another configuration"):
+        train(tiny_config.replace(keep_prob=0.5), resume=True, progress=False)
+
+
+@pytest.mark.parametrize("adv_training", ["fgsm", "pgd"])
+def test_adversarial_training_with_the_regulariser(tiny_config, adv_training):
+    cfg = tiny_config.replace(epochs=1, adv_training=adv_training, adv_steps=2, defense_at="both")
+    result = train(cfg, progress=False)
+    assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+
+
+def test_paper_recipe_schedule():
+    from smoothblock.recipes import resolve_recipe
+    recipe = resolve_recipe(Config(recipe="paper"))
+    assert (recipe.epochs, recipe.batch_size, recipe.lr) == (200, 128, 1e-3)
+    assert recipe.lr_at(79 * 10, 10) == 1e-3
+    assert recipe.lr_at(80 * 10, 10) == pytest.approx(1e-4)
+    assert recipe.lr_at(180 * 10, 10) == pytest.approx(5e-5)
+
+
+def test_load_model_puts_any_defense_on_a_checkpoint(tiny_config):
+    result = train(tiny_config.replace(epochs=1, method="none"), progress=False)
+    x = torch.rand(3, 3, 32, 32)
+    plain = load_model(result.weights_path)
+    assert not plain.training and torch.equal(plain(x), plain(x))
+    defended = load_model(result.weights_path, method="smoothblock", positions=[1], keep_prob=0.7, ensemble=4)
+    assert defended.smoothblock_config.ensemble == 4
+    out = defended(x)
+    assert out.shape == (3, 10) and not torch.equal(out, defended(x))
+    also_pt = load_model(result.weights_path.parent / "last.pt")
+    assert torch.equal(also_pt(x), plain(x))
+    with pytest.raises(CheckpointError, match="holds a resnet20, not a resnet32"):
+        load_model(result.weights_path, arch="resnet32")
+
+
+def test_subset_never_overlaps_validation(image_folder):
+    splits = load_splits(str(image_folder), val_size=20, split_seed=0, subset=30)
+    assert len(splits.train) == 30 and len(splits.val) == 20 and len(splits.test) == 20
+    again = load_splits(str(image_folder), val_size=20, split_seed=0)
+    assert torch.equal(again.val.images, splits.val.images)  # the split is fixed by its seed
+    train_set = {bytes(t.numpy()) for t in again.train.images}
+    assert not any(bytes(t.numpy()) in train_set for t in splits.val.images)
