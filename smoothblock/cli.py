@@ -20,7 +20,7 @@ from .checkpoint import _atomic_write
 from .config import FIELD_NAMES, METHODS, Config
 from .errors import ConfigError, SmoothBlockError
 
-DEFENSE_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble")
+DEFENSE_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble", "defense_at")
 COLUMNS = [("clean_acc", "clean")] + [(f"fgsm_{e}_acc", f"FGSM {e}") for e in (1, 2, 4, 8, 16, 32)] + [
     ("pgd_acc", "PGD"), ("cw_acc", "C&W acc"), ("cw_asr", "C&W ASR"), ("eot_pgd_acc", "EOT-PGD")]
 
@@ -100,16 +100,22 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     from .data import load_dataset, load_splits
     from .evaluation import evaluate
-    from .hub import load_model
+    from .checkpoint import load_checkpoint
+    from .hub import load_model, resolve
     from .train import resolve_device
 
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
     defense = _overrides(args, DEFENSE_FIELDS)
+    saved, _ = load_checkpoint(resolve(args.model))
     models = {}
     for method in args.methods:  # load (and validate) every row before the long part starts
-        models[method] = load_model(args.model, device=device, method=method, **defense)
+        row = dict(defense)
+        if method != "none" and "defense_at" not in row and saved.defense_at == "train":
+            # A defended row means "defense on at test time", also for a model trained with it.
+            row["defense_at"] = "both"
+        models[method] = load_model(args.model, device=device, method=method, **row)
     base_cfg = next(iter(models.values())).smoothblock_config
     data = args.data or base_cfg.data
     if args.split == "test":

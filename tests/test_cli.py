@@ -146,3 +146,13 @@ def test_console_script_exit_status_and_one_line(tmp_path):
         "c.yaml", str(path))
     proc = subprocess.run([sys.executable, "-m", "smoothblock.cli", "evaluate"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+
+
+def test_defended_rows_turn_a_train_time_defense_on_at_test_time(capsys, tmp_path, image_folder):
+    cfg = Config(data=str(image_folder), val_size=20, defense_at="train")
+    path = tmp_path / "trained-with-smoothblock.safetensors"
+    save_weights(path, create_model("resnet20").state_dict(), cfg)
+    report = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(path), "--attacks", "fgsm", "--n", "5", "--json", str(report), "--quiet"]) == 0
+    configs = json.loads(report.read_text())["configs"]
+    assert configs["smoothblock"]["defense_at"] == "both" and configs["none"]["method"] == "none"
