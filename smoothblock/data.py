@@ -123,13 +123,24 @@ def _image_folder(folder: Path, split: str, cache_dir: str | None) -> tuple[Tens
     return dataset, classes
 
 
+FOLDER_ORDER_SEED = 0
+
+
 def load_dataset(data: str, split: str, cache_dir: str | None = None) -> tuple[TensorDataset, tuple[str, ...]]:
-    """One split (``"train"`` or ``"test"``) of ``data`` ("cifar10" or an ImageFolder folder)."""
+    """One split (``"train"`` or ``"test"``) of ``data`` ("cifar10" or an ImageFolder folder).
+
+    An ImageFolder lists its images class by class, so its "first 1000 test images" would be one
+    class only. Folder images are therefore put in one fixed order (a permutation seeded with
+    ``FOLDER_ORDER_SEED``), so that the first n images are a mix of classes, as in CIFAR-10's own
+    order, and every run sees the same order.
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
     if data == "cifar10":
         return _torchvision_cifar10(split, cache_dir)
-    return _image_folder(Path(data).expanduser(), split, cache_dir)
+    dataset, classes = _image_folder(Path(data).expanduser(), split, cache_dir)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(FOLDER_ORDER_SEED))
+    return dataset.take(order), classes
 
 
 def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
