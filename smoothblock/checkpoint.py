@@ -96,7 +96,10 @@ def _imports_code(path: Path) -> bool:
         else:
             data = path.read_bytes()
         strings: list[str] = []
-        for opcode, arg, _ in pickletools.genops(data):
+        with warnings.catch_warnings():  # random bytes can look like odd string escapes
+            warnings.simplefilter("ignore")
+            ops = list(pickletools.genops(data))
+        for opcode, arg, _ in ops:
             if isinstance(arg, str):
                 strings.append(arg)
             if opcode.name == "GLOBAL":
