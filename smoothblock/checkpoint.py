@@ -98,18 +98,17 @@ def _imports_code(path: Path) -> bool:
         strings: list[str] = []
         with warnings.catch_warnings():  # random bytes can look like odd string escapes
             warnings.simplefilter("ignore")
-            ops = list(pickletools.genops(data))
-        for opcode, arg, _ in ops:
-            if isinstance(arg, str):
-                strings.append(arg)
-            if opcode.name == "GLOBAL":
-                module = str(arg).split(" ")[0]
-            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
-                module = strings[-2]
-            else:
-                continue
-            if module.split(".")[0] not in _SAFE_MODULES:
-                return True
+            for opcode, arg, _ in pickletools.genops(data):  # streamed: a GLOBAL before damage counts
+                if isinstance(arg, str):
+                    strings.append(arg)
+                if opcode.name == "GLOBAL":
+                    module = str(arg).split(" ")[0]
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    module = strings[-2]
+                else:
+                    continue
+                if module.split(".")[0] not in _SAFE_MODULES:
+                    return True
     except Exception:  # not a pickle at all
         return False
     return False
