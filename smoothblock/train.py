@@ -25,7 +25,7 @@ from .checkpoint import load_training_state, save_training_state, save_weights
 from .config import Config
 from .data import Splits, augment, iterate_batches, load_splits
 from .defended import build_model
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .recipes import Recipe, resolve_recipe
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from .errors import ConfigError
         raise ConfigError(f"device {name} asked for, but no CUDA GPU is available")
     return torch.device(name)
 
