@@ -41,6 +41,9 @@ class AttackSettings:
     cw_initial_c: float = 0.01
     cw_kappa: float = 0.0
     cw_n: int = 1000  # C&W runs on the first cw_n images only, as in the thesis
+    # EOT-PGD costs eot_iter x pgd_steps gradient passes per image (70 by default), so it too
+    # runs on the first eot_n images only.
+    eot_n: int = 1000
 
 
 def metric_names(attacks: tuple[str, ...], settings: AttackSettings = AttackSettings()) -> list[str]:

@@ -63,8 +63,12 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--model", required=True, help="a shipped model name or a checkpoint file")
     ev.add_argument("--methods", nargs="+", choices=METHODS, default=["none", "dropblock", "smoothblock"],
                     help="table rows; the defense options below apply to every defended row")
+    ev.add_argument("--each_position", "--each-position", action="store_true",
+                    help="one row per position in --positions for each defended method (thesis "
+                         "Figure 4.3), instead of one row with the defense at all of them")
     ev.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
-    ev.add_argument("--n", type=int, default=1000, help="number of images (C&W: at most --cw_n of them)")
+    ev.add_argument("--n", type=int, default=1000,
+                    help="number of images (C&W and EOT-PGD: at most --cw_n and --eot_n of them)")
     ev.add_argument("--split", choices=["test", "val"], default="test")
     ev.add_argument("--data", default=None, help="cifar10 or an ImageFolder folder (default: the model's)")
     ev.add_argument("--json", default=None, help="write the metrics to this JSON file")
@@ -115,7 +119,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if method != "none" and "defense_at" not in row and saved.defense_at == "train":
             # A defended row means "defense on at test time", also for a model trained with it.
             row["defense_at"] = "both"
-        models[method] = load_model(args.model, device=device, method=method, **row)
+        if method == "none" or not args.each_position:
+            models[method] = load_model(args.model, device=device, method=method, **row)
+            continue
+        for position in row.pop("positions", None) or saved.positions:
+            models[f"{method}@{position}"] = load_model(args.model, device=device, method=method,
+                                                        positions=[position], **row)
     base_cfg = next(iter(models.values())).smoothblock_config
     data = args.data or base_cfg.data
     if args.split == "test":
@@ -134,6 +143,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                 batch_size=args.batch_size, settings=settings, seed=args.seed,
                                 device=device, num_classes=base_cfg.num_classes, progress=not args.quiet)
         seconds[method] = round(time.perf_counter() - started, 1)
+        logging.getLogger(__name__).info("%s (%.0f s): %s", method, seconds[method],
+                                         " ".join(f"{k}={v:.4f}" for k, v in rows[method].items()))
     print(format_table(rows))
     if args.json:
         report = {"model": str(args.model), "data": data, "split": args.split, "seed": args.seed,
@@ -145,14 +156,21 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
-    """The thesis-style table (percent): one row per method, the columns that were measured."""
+    """The thesis-style table (percent): one row per method (``method`` or ``method@position``),
+    the columns that were measured; a column measured on fewer images than the rest says on how many."""
     names = {"none": "no defense", "dropblock": "DropBlock", "smoothblock": "SmoothBlock", "mixed": "mixed"}
     cols = [(key, title) for key, title in COLUMNS if any(key in r for r in rows.values())]
-    header = "| defense | " + " | ".join(title for _, title in cols) + " |"
+    first = next(iter(rows.values()), {})
+    fewer = {"cw_acc": "cw_n", "cw_asr": "cw_n", "eot_pgd_acc": "eot_n"}
+    titles = [f"{title} ({first[fewer[key]]})" if key in fewer and first.get(fewer[key], 0) < first.get("n", 0)
+              else title for key, title in cols]
+    header = "| defense | " + " | ".join(titles) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]
-    for method, metrics in rows.items():
+    for label, metrics in rows.items():
+        method, _, position = label.partition("@")
+        name = names.get(method, method) + (f", position {position}" if position else "")
         cells = [f"{100 * metrics[key]:.2f}" if key in metrics else "-" for key, _ in cols]
-        lines.append(f"| {names.get(method, method)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

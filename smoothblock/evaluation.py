@@ -19,14 +19,15 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
         model: the whole defended model (ensemble included), images in [0, 1] -> logits.
         dataset: uint8 images and labels.
         attacks: any of fgsm, pgd, eot_pgd, cw.
-        n: number of images (None: all); C&W uses the first ``settings.cw_n`` of them.
+        n: number of images (None: all); C&W and EOT-PGD use the first ``settings.cw_n`` and
+            ``settings.eot_n`` of them.
         seed: seeds the defense's draws, the attacks' random starts and the C&W targets, inside a
             forked RNG so the caller's random state is untouched.
 
     Returns:
         ``{"clean_acc": ..., "fgsm_8_acc": ..., "pgd_acc": ..., "eot_pgd_acc": ..., "cw_acc": ...,
         "cw_asr": ...}``, fractions in [0, 1] (see :func:`smoothblock.attacks.metric_names`), plus
-        ``n`` and ``cw_n``, the numbers of images used.
+        ``n``, ``cw_n`` and ``eot_n``, the numbers of images used.
     """
     unknown = [a for a in attacks if a not in ATTACKS]
     if unknown:
@@ -49,16 +50,20 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
                     for eps in settings.fgsm_eps:
                         adv = attack_batch("fgsm", model, images, labels, settings, eps=eps / 255)
                         _count(correct, counted, f"fgsm_{eps}_acc", predict(model, adv) == labels)
-                elif attack == "cw":
-                    keep = max(0, min(len(labels), settings.cw_n - seen))
+                elif attack in ("cw", "eot_pgd"):
+                    limit = settings.cw_n if attack == "cw" else settings.eot_n
+                    keep = max(0, min(len(labels), limit - seen))
                     if keep == 0:
                         continue
                     x, y = images[:keep], labels[:keep]
-                    targets = _random_targets(y, num_classes, target_gen).to(device)
-                    adv = attack_batch("cw", model, x, y, settings, targets=targets)
-                    pred = predict(model, adv)
-                    _count(correct, counted, "cw_acc", pred == y)
-                    _count(correct, counted, "cw_asr", pred == targets)
+                    if attack == "cw":
+                        targets = _random_targets(y, num_classes, target_gen).to(device)
+                        pred = predict(model, attack_batch("cw", model, x, y, settings, targets=targets))
+                        _count(correct, counted, "cw_acc", pred == y)
+                        _count(correct, counted, "cw_asr", pred == targets)
+                    else:
+                        pred = predict(model, attack_batch("eot_pgd", model, x, y, settings))
+                        _count(correct, counted, "eot_pgd_acc", pred == y)
                 else:
                     adv = attack_batch(attack, model, images, labels, settings)
                     _count(correct, counted, f"{attack}_acc", predict(model, adv) == labels)
@@ -67,6 +72,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
     metrics["n"] = len(subset)
     if "cw" in attacks:
         metrics["cw_n"] = counted["cw_acc"]
+    if "eot_pgd" in attacks:
+        metrics["eot_n"] = counted["eot_pgd_acc"]
     return metrics
 
 

@@ -72,11 +72,12 @@ def test_per_sample_c_weights_each_sample_and_f_is_carlini_wagner_exact():
 def test_evaluate_is_reproducible_and_runs_every_attack_on_a_randomised_ensemble():
     data = _data(20)
     model = SelfEnsemble(Brightness(SmoothBlock(3, 0.7)), 4)
-    settings = AttackSettings(eot_iter=2, pgd_steps=2, cw_search_steps=2, cw_steps=3, cw_n=10)
+    settings = AttackSettings(eot_iter=2, pgd_steps=2, cw_search_steps=2, cw_steps=3, cw_n=10, eot_n=7)
     a = evaluate(model, data, attacks=("fgsm", "pgd", "eot_pgd", "cw"), settings=settings, seed=3, progress=False)
     b = evaluate(model, data, attacks=("fgsm", "pgd", "eot_pgd", "cw"), settings=settings, seed=3, progress=False)
     assert a == b
-    assert a["cw_n"] == 10 and a["n"] == 20
+    assert a["cw_n"] == 10 and a["eot_n"] == 7 and a["n"] == 20
+    assert round(a["eot_pgd_acc"] * 7) == a["eot_pgd_acc"] * 7  # a fraction of the 7 images
     for name in metric_names(("fgsm", "pgd", "eot_pgd", "cw")):
         assert 0.0 <= a[name] <= 1.0
 

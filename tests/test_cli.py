@@ -156,3 +156,14 @@ def test_defended_rows_turn_a_train_time_defense_on_at_test_time(capsys, tmp_pat
     assert main(["evaluate", "--model", str(path), "--attacks", "fgsm", "--n", "5", "--json", str(report), "--quiet"]) == 0
     configs = json.loads(report.read_text())["configs"]
     assert configs["smoothblock"]["defense_at"] == "both" and configs["none"]["method"] == "none"
+
+
+def test_each_position_is_its_own_row(capsys, tmp_path, checkpoint):
+    report = tmp_path / "m.json"
+    assert main(["evaluate", "--model", str(checkpoint), "--methods", "none", "smoothblock", "--each_position",
+                 "--positions", "1", "5", "--attacks", "fgsm", "--n", "4", "--json", str(report), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "| SmoothBlock, position 1 |" in table and "| SmoothBlock, position 5 |" in table
+    configs = json.loads(report.read_text())["configs"]
+    assert list(configs) == ["none", "smoothblock@1", "smoothblock@5"]
+    assert configs["smoothblock@5"]["positions"] == [5] and configs["smoothblock@5"]["block_size"] == 3
