@@ -136,6 +136,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                  if f.name != "fgsm_eps"})
     torch.set_grad_enabled(True)
     rows, seconds = {}, {}
+
+    def write_report(complete: bool) -> None:
+        # After every row, so a long evaluation that is stopped keeps the rows it finished; each
+        # row is seeded on its own, so rows run apart equal rows run together.
+        report = {"model": str(args.model), "data": data, "split": args.split, "seed": args.seed,
+                  "complete": complete, "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
+                  "configs": {m: model.smoothblock_config.to_dict() for m, model in models.items()},
+                  "metrics": rows}
+        _atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+
     for method, model in models.items():
         started = time.perf_counter()
         logging.getLogger(__name__).info("evaluating %s on %d %s images", method, min(args.n, len(dataset)), args.split)
@@ -145,13 +155,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
         seconds[method] = round(time.perf_counter() - started, 1)
         logging.getLogger(__name__).info("%s (%.0f s): %s", method, seconds[method],
                                          " ".join(f"{k}={v:.4f}" for k, v in rows[method].items()))
+        if args.json:
+            write_report(complete=len(rows) == len(models))
     print(format_table(rows))
-    if args.json:
-        report = {"model": str(args.model), "data": data, "split": args.split, "seed": args.seed,
-                  "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
-                  "configs": {m: model.smoothblock_config.to_dict() for m, model in models.items()},
-                  "metrics": rows}
-        _atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
     return 0
 
 

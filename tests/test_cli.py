@@ -164,6 +164,7 @@ def test_each_position_is_its_own_row(capsys, tmp_path, checkpoint):
                  "--positions", "1", "5", "--attacks", "fgsm", "--n", "4", "--json", str(report), "--quiet"]) == 0
     table = capsys.readouterr().out
     assert "| SmoothBlock, position 1 |" in table and "| SmoothBlock, position 5 |" in table
-    configs = json.loads(report.read_text())["configs"]
-    assert list(configs) == ["none", "smoothblock@1", "smoothblock@5"]
+    written = json.loads(report.read_text())
+    assert written["complete"] is True and list(written["metrics"]) == ["none", "smoothblock@1", "smoothblock@5"]
+    configs = written["configs"]
     assert configs["smoothblock@5"]["positions"] == [5] and configs["smoothblock@5"]["block_size"] == 3
