@@ -28,7 +28,7 @@ from .errors import CheckpointError, ConfigError
 FORMAT = "smoothblock/1"
 
 
-def _atomic_write(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
     """Write through a temporary file in the same folder and rename, so no half-file is left."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -46,12 +46,12 @@ def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Con
     """Save weights and configuration as safetensors (``extra``: more string metadata)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
     metadata = {"format": FORMAT, "config": cfg.to_yaml(), **(extra or {})}
-    _atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def save_training_state(path: str | Path, state: dict[str, Any]) -> None:
     """Save a training state (tensors, numbers, strings, lists, dicts only)."""
-    _atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save({"format": FORMAT, **state}, tmp))
 
 
 def load_training_state(path: str | Path) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import typing
 from pathlib import Path
 
 from .attacks import ATTACKS, AttackSettings
-from .checkpoint import _atomic_write
+from .checkpoint import atomic_write
 from .config import FIELD_NAMES, METHODS, Config
 from .errors import ConfigError, SmoothBlockError
 
@@ -25,7 +25,7 @@ COLUMNS = [("clean_acc", "clean")] + [(f"fgsm_{e}_acc", f"FGSM {e}") for e in (1
     ("pgd_acc", "PGD"), ("cw_acc", "C&W acc"), ("cw_asr", "C&W ASR"), ("eot_pgd_acc", "EOT-PGD")]
 
 
-class _Parser(argparse.ArgumentParser):
+class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -144,7 +144,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
                   "complete": complete, "attack_settings": dataclasses.asdict(settings), "seconds": seconds,
                   "configs": {m: model.smoothblock_config.to_dict() for m, model in models.items()},
                   "metrics": rows}
-        _atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
+        atomic_write(Path(args.json), lambda tmp: Path(tmp).write_text(json.dumps(report, indent=2) + "\n"))
 
     for method, model in models.items():
         started = time.perf_counter()
@@ -181,8 +181,8 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="smoothblock", description="SmoothBlock: train and evaluate defended models")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = OneLineParser(prog="smoothblock", description="SmoothBlock: train and evaluate defended models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     add_commands(sub)
     return parser
 

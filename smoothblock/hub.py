@@ -65,6 +65,19 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
         Its configuration is at ``model.smoothblock_config``.
     """
     cfg, model = load_config_and_weights(name_or_path, **overrides)
+    return _for_inference(model, cfg, device)
+
+
+def model_from_state(cfg: Config, state_dict: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",
+                     source: str = "weights") -> nn.Module:
+    """What :func:`load_model` returns, from weights already in memory (a search's workers get them
+    once through the object store): ``cfg``'s defended model, ensemble included, in eval mode."""
+    model = build_model(cfg)
+    load_state_into(model, state_dict, cfg, source)
+    return _for_inference(model.eval(), cfg, device)
+
+
+def _for_inference(model: nn.Module, cfg: Config, device: str | torch.device) -> nn.Module:
     wrapped = wrap_for_inference(model, cfg).to(device).eval()
     wrapped.smoothblock_config = cfg
     return wrapped

@@ -51,16 +51,18 @@ class Recipe:
 _DEFAULTS = {
     # Thesis Section 4.1.
     "paper": dict(epochs=200, batch_size=128, lr=1e-3, weight_decay=0.0, label_smoothing=0.0),
-    # SGD with Nesterov momentum, one-cycle, label smoothing: the thesis' clean accuracy in a
-    # fraction of the epochs, which is what a 2-core CPU can afford.
-    "fast": dict(epochs=40, batch_size=256, lr=0.2, weight_decay=5e-4, label_smoothing=0.1),
+    # SGD with Nesterov momentum and a one-cycle schedule, in half the thesis' epochs (a 2-core
+    # CPU trains a ResNet20 epoch in about 2.5 min). No label smoothing by default: it flattens the logits and so masks gradients,
+    # which inflates the robustness of exactly the undefended baselines a defense is compared to.
+    "fast": dict(epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, label_smoothing=0.0),
 }
 
 
 def resolve_recipe(cfg: Config) -> Recipe:
-    """The recipe ``cfg.recipe`` with ``cfg``'s epochs, batch_size, lr and weight_decay applied."""
+    """The recipe ``cfg.recipe`` with ``cfg``'s epochs, batch_size, lr, weight_decay and
+    label_smoothing applied (where not None)."""
     values = dict(_DEFAULTS[cfg.recipe])
-    for name in ("epochs", "batch_size", "lr", "weight_decay"):
+    for name in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing"):
         if getattr(cfg, name) is not None:
             values[name] = getattr(cfg, name)
     return Recipe(name=cfg.recipe, **values)

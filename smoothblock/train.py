@@ -21,7 +21,7 @@ import torchattacks
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_training_state, save_training_state, save_weights
+from .checkpoint import load_state_into, load_training_state, save_training_state, save_weights
 from .config import Config
 from .data import Splits, augment, iterate_batches, load_splits
 from .defended import build_model
@@ -128,7 +128,8 @@ def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 
 
 
 def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
-          on_epoch_end: EpochCallback | None = None, progress: bool = True) -> TrainResult:
+          on_epoch_end: EpochCallback | None = None, progress: bool = True,
+          init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
     """Train the model ``cfg`` describes; checkpoint every epoch into ``cfg.out_dir``.
 
     Args:
@@ -137,6 +138,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
             an error rather than something to overwrite.
         splits: data already loaded (for callers that train many models on the same data).
         on_epoch_end: called as ``(epoch, metrics, model)`` after each epoch's checkpoint.
+        init_state: weights to start from (fine-tuning) instead of a fresh initialisation;
+            ignored on resume, where the checkpoint's weights are used.
 
     Returns:
         A :class:`TrainResult`; ``out_dir`` then holds ``model.safetensors`` (weights and
@@ -148,8 +151,11 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     if resume:
         state = load_training_state(state_path)
         saved = Config.from_yaml(state["config"], source=f"configuration in {state_path}")
-        if saved.replace(epochs=cfg.epochs) != cfg:
-            raise CheckpointError(f"{state_path} was written for another configuration; only epochs may change on --resume")
+        # A run may move (another folder, another machine, another device) and be lengthened.
+        movable = dict(epochs=cfg.epochs, out_dir=cfg.out_dir, device=cfg.device)
+        if saved.replace(**movable) != cfg:
+            raise CheckpointError(f"{state_path} was written for another configuration; "
+                                  "only epochs, out_dir and device may change on --resume")
     elif state_path.exists():
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
     device = resolve_device(cfg.device)
@@ -163,6 +169,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     optimizer = recipe.optimizer(model)
     history: list[dict[str, float]] = []
     start_epoch = 0
+    if init_state is not None and state is None:
+        load_state_into(model, init_state, cfg, "init_state")
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -57,6 +57,7 @@ def test_train_then_evaluate_through_the_cli(capsys, tmp_path, image_folder):
     ("keep_prob: 0\n", "keep_prob must be in (0, 1]"),
     ("keep_prob: 1.5\n", "keep_prob must be in (0, 1]"),
     ("block_size: 0\n", "block_size must be >= 1"),
+    ("label_smoothing: 1.0\n", "label_smoothing must be in [0, 1)"),
     ("positions: [7]\n", "position 7 does not exist"),
     ("positions: [4]\nblock_size: 11\n", "block_size 11 is larger than the 8x8 feature map"),
 ])

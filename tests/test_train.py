@@ -41,6 +41,29 @@ def test_existing_checkpoint_needs_resume_and_resume_needs_the_same_config(tiny_
         train(tiny_config.replace(keep_prob=0.5), resume=True, progress=False)
 
 
+def test_a_run_moved_to_another_folder_resumes_and_may_be_lengthened(tiny_config, tmp_path):
+    first = tiny_config.replace(epochs=1, out_dir=str(tmp_path / "here"))
+    train(first, progress=False)
+    (tmp_path / "here").rename(tmp_path / "there")
+    resumed = train(first.replace(epochs=2, out_dir=str(tmp_path / "there")), resume=True, progress=False)
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
+
+
+def test_init_state_starts_from_given_weights(tiny_config):
+    from smoothblock.models import create_model
+
+    start = create_model("resnet20").state_dict()
+    result = train(tiny_config.replace(epochs=1, lr=1e-12, method="none"), init_state=start, progress=False)
+    conv = "stages.stem.0.weight"
+    assert torch.allclose(result.model.state_dict()[conv], start[conv], atol=1e-6)
+
+
+def test_label_smoothing_overrides_the_recipe():
+    from smoothblock.recipes import resolve_recipe
+    assert resolve_recipe(Config()).label_smoothing == 0.0
+    assert resolve_recipe(Config(label_smoothing=0.1)).label_smoothing == 0.1
+
+
 @pytest.mark.parametrize("adv_training", ["fgsm", "pgd"])
 def test_adversarial_training_with_the_regulariser(tiny_config, adv_training):
     cfg = tiny_config.replace(epochs=1, adv_training=adv_training, adv_steps=2, defense_at="both")
