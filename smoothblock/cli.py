@@ -105,26 +105,30 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset, load_splits
     from .evaluation import evaluate
     from .checkpoint import load_checkpoint
-    from .hub import load_model, resolve
+    from .hub import apply_overrides, model_from_state, resolve
     from .train import resolve_device
 
     if args.n < 1:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
     defense = _overrides(args, DEFENSE_FIELDS)
-    saved, _ = load_checkpoint(resolve(args.model))
+    path = resolve(args.model)
+    saved, state_dict = load_checkpoint(path)  # read once; every row is built from it
+
+    def row_model(**fields):
+        return model_from_state(apply_overrides(saved, path, **fields), state_dict, device=device, source=path)
+
     models = {}
-    for method in args.methods:  # load (and validate) every row before the long part starts
+    for method in args.methods:  # build (and validate) every row before the long part starts
         row = dict(defense)
         if method != "none" and "defense_at" not in row and saved.defense_at == "train":
             # A defended row means "defense on at test time", also for a model trained with it.
             row["defense_at"] = "both"
         if method == "none" or not args.each_position:
-            models[method] = load_model(args.model, device=device, method=method, **row)
+            models[method] = row_model(method=method, **row)
             continue
         for position in row.pop("positions", None) or saved.positions:
-            models[f"{method}@{position}"] = load_model(args.model, device=device, method=method,
-                                                        positions=[position], **row)
+            models[f"{method}@{position}"] = row_model(method=method, positions=[position], **row)
     base_cfg = next(iter(models.values())).smoothblock_config
     data = args.data or base_cfg.data
     if args.split == "test":

@@ -53,7 +53,7 @@ class Config:
         cache_dir: where downloads and decoded tensors go (None: ~/.cache/smoothblock).
 
     Training:
-        recipe: fast (SGD Nesterov, one-cycle, label smoothing) or paper (thesis Section 4.1:
+        recipe: fast (SGD Nesterov, one-cycle, 100 epochs) or paper (thesis Section 4.1:
             Adam 1e-3, batch 128, 200 epochs, lr x0.1 at 80 and x0.5 at 180).
         epochs, batch_size, lr, weight_decay, label_smoothing: None takes the recipe's value.
         adv_training: none, fgsm or pgd (adversarial examples injected during training).

@@ -38,16 +38,25 @@ def load_config_and_weights(name_or_path: str | Path, **overrides: Any) -> tuple
     The network is returned without the ensemble wrapper (in eval mode), for code that needs it.
     """
     path = resolve(name_or_path)
-    cfg, state_dict = load_checkpoint(path)
-    if "arch" in overrides and overrides["arch"] != cfg.arch:
-        raise CheckpointError(f"{path} holds a {cfg.arch}, not a {overrides['arch']}")
+    saved, state_dict = load_checkpoint(path)
+    cfg = apply_overrides(saved, path, **overrides)
+    return cfg, _network(cfg, state_dict, path)
+
+
+def apply_overrides(saved: Config, path: str | Path, **overrides: Any) -> Config:
+    """``saved`` (a checkpoint's configuration) with ``overrides``; the architecture cannot change."""
+    if "arch" in overrides and overrides["arch"] != saved.arch:
+        raise CheckpointError(f"{path} holds a {saved.arch}, not a {overrides['arch']}")
     try:
-        cfg = cfg.replace(**overrides)
+        return saved.replace(**overrides)
     except ConfigError as exc:
         raise ConfigError(f"override: {exc}") from None
+
+
+def _network(cfg: Config, state_dict: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
     model = build_model(cfg)
-    load_state_into(model, state_dict, cfg, path)
-    return cfg, model.eval()
+    load_state_into(model, state_dict, cfg, source)
+    return model.eval()
 
 
 def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", **overrides: Any) -> nn.Module:
@@ -69,12 +78,10 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
 
 
 def model_from_state(cfg: Config, state_dict: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",
-                     source: str = "weights") -> nn.Module:
+                     source: str | Path = "weights") -> nn.Module:
     """What :func:`load_model` returns, from weights already in memory (a search's workers get them
     once through the object store): ``cfg``'s defended model, ensemble included, in eval mode."""
-    model = build_model(cfg)
-    load_state_into(model, state_dict, cfg, source)
-    return _for_inference(model.eval(), cfg, device)
+    return _for_inference(_network(cfg, state_dict, source), cfg, device)
 
 
 def _for_inference(model: nn.Module, cfg: Config, device: str | torch.device) -> nn.Module:

@@ -52,8 +52,9 @@ _DEFAULTS = {
     # Thesis Section 4.1.
     "paper": dict(epochs=200, batch_size=128, lr=1e-3, weight_decay=0.0, label_smoothing=0.0),
     # SGD with Nesterov momentum and a one-cycle schedule, in half the thesis' epochs (a 2-core
-    # CPU trains a ResNet20 epoch in about 2.5 min). No label smoothing by default: it flattens the logits and so masks gradients,
-    # which inflates the robustness of exactly the undefended baselines a defense is compared to.
+    # CPU trains a ResNet20 epoch in about 2.5 min). No label smoothing by default: it flattens
+    # the logits and so masks gradients, which inflates the robustness of exactly the undefended
+    # baselines a defense is compared to.
     "fast": dict(epochs=100, batch_size=128, lr=0.1, weight_decay=5e-4, label_smoothing=0.0),
 }
 
