@@ -1,0 +1,119 @@
+"""The ``smoothblock`` console script: the library's ``train`` and ``evaluate``, plus ``search``,
+``export`` and ``ui``. It lives here, at the top, so the library imports nothing above it.
+
+Bad input ends with one line on stderr and exit status 2, before anything is created.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from urllib.parse import urlparse
+
+from smoothblock.cli import OneLineParser, add_commands, run
+
+from .config import list_presets
+
+
+def add_search_commands(sub) -> None:
+    search = sub.add_parser("search", help="launch (or --resume) a search on a Ray cluster, logged to MLflow")
+    search.add_argument("--preset", choices=list_presets(), default=None,
+                        help="posthoc (defense into the shipped model), train, or adv (adversarial training)")
+    search.add_argument("--config", default=None, help="YAML search configuration; with --preset it overrides the preset "
+                             "(base and space merge key by key)")
+    search.add_argument("--resume", metavar="NAME", default=None, help="finish the interrupted search NAME")
+    search.add_argument("--trials", type=int, default=None, help="number of trials")
+    search.add_argument("--name", default=None, help="search name (MLflow experiment, results folder)")
+    search.add_argument("--data", default=None, help="cifar10 (torchvision download) or an ImageFolder folder")
+    search.add_argument("--model", default=None, help="posthoc: a shipped name or a checkpoint file")
+    search.add_argument("--seed", type=int, default=None)
+    search.add_argument("--address", default=None, help="auto or HOST:PORT of a Ray cluster (default: a local Ray)")
+    search.add_argument("--mlflow-uri", "--mlflow_uri", dest="mlflow_uri", default=None,
+                        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    search.add_argument("--storage", default=None,
+                        help="results and checkpoints: a path every node sees, or s3://... (default ./ray_results)")
+    search.set_defaults(handler=run_search)
+
+    export = sub.add_parser("export", help="write a search's best configurations for smoothblock train --config")
+    export.add_argument("name", help="the search's name")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--top", type=int, default=1, help="the K best trials (default 1)")
+    which.add_argument("--pareto", action="store_true", help="the Pareto front (clean_acc, robust accuracy, passes)")
+    export.add_argument("-o", "--output", default="best.yaml", help="file to write (several: best-1.yaml, ...)")
+    export.add_argument("--mlflow-uri", "--mlflow_uri", dest="mlflow_uri", default=None)
+    export.set_defaults(handler=run_export)
+
+    ui = sub.add_parser("ui", help="the MLflow UI for the tracking store in use, on 127.0.0.1")
+    ui.add_argument("--mlflow-uri", "--mlflow_uri", dest="mlflow_uri", default=None)
+    ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(handler=run_ui)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    from smoothblock.errors import ConfigError
+
+    from . import tuner
+    from .report import print_summary
+
+    if args.resume:
+        if args.preset or args.config or args.trials or args.name or args.data or args.model or args.seed is not None:
+            raise ConfigError("--resume NAME takes the search's own configuration; drop the other search options")
+        outcome = tuner.resume(args.resume, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
+    else:
+        from .config import compose
+
+        if args.preset is None and args.config is None:
+            raise ConfigError("give --preset (posthoc, train, adv), --config FILE, or --resume NAME")
+        search = compose(args.preset, args.config, trials=args.trials, name=args.name, data=args.data,
+                         model=args.model, seed=args.seed)
+        outcome = tuner.launch(search, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
+    print_summary(outcome)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    for path in export(args.name, args.output, top=args.top, pareto=args.pareto, mlflow_uri=args.mlflow_uri):
+        print(f"wrote {path}")
+    return 0
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    from .tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.mlflow_uri)
+    if urlparse(uri).scheme in ("http", "https"):
+        print(f"the tracking server already serves its UI: open {uri}")
+        return 0
+    print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
+               "--port", str(args.port), "--workers", "1"]
+    try:
+        return subprocess.call(command, env=os.environ.copy())
+    except KeyboardInterrupt:
+        return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="smoothblock", description="SmoothBlock: train, evaluate and search defended models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    add_commands(sub)
+    add_search_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Ray's token authentication stays on (its default for local clusters since 2.59); saying so
+    # before Ray is imported keeps it from warning that it turned it on, and makes a local Ray
+    # write its token (~/.ray/auth_token) when there is none.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # One line per problem on stderr: MLflow's download progress bars would bury it.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,227 @@
+"""The search's one typed configuration: what to search, how to score it and how to run it.
+
+A preset (``search/presets/*.yaml``) is overlaid by the user's ``--config`` file and then by the
+command-line flags; each key has the same name in all three. ``base`` holds the
+:class:`smoothblock.Config` fields every trial shares (data, split, recipe, ...); ``space`` holds
+the ones Optuna varies (:mod:`search.space`). Each trial's configuration is ``base`` with the
+trial's values applied: the same ``Config`` that ``smoothblock train`` and ``evaluate`` take.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from smoothblock import Config
+from smoothblock.errors import ConfigError
+
+from .space import SearchSpace
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+TRAINABLES = ("posthoc", "train")
+#: The objective's attack -> the metric it reports (the names of ``smoothblock evaluate``).
+OBJECTIVE_METRICS = {"pgd": "pgd_acc", "eot_pgd": "eot_pgd_acc", "fgsm": "fgsm_8_acc"}
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """A whole search.
+
+    What is searched:
+        trainable: posthoc (the defense goes into a trained model; thesis Section 4.2) or train
+            (a model is trained with each trial's defense; Sections 4.3-4.4).
+        model: posthoc: the trained model (a shipped name or a checkpoint file); train: weights to
+            fine-tune from, or None to train from scratch.
+        base: the Config fields every trial shares.
+        space: the Config fields Optuna varies (see :mod:`search.space`).
+
+    How a trial is scored (on the validation split, never the test split):
+        attack: pgd, eot_pgd (the honest score of a randomised defense) or fgsm (at 8/255);
+            the objective is its accuracy (``pgd_acc`` ...), maximised.
+        val_images: the first this many validation images, the same for every trial.
+        eot_iter: gradient draws per EOT-PGD step.
+        min_clean_acc: trials below this clean accuracy are infeasible (an Optuna constraint).
+        multi_objective: search the Pareto front of clean_acc, the objective and passes (forward
+            passes per image: the inference cost) with NSGA-II instead.
+
+    How it runs:
+        name: the search's name (MLflow experiment, results folder); None: preset and time.
+        trials: number of trials.
+        seed: seeds the sampler and every trial's evaluation.
+        cpus_per_trial, gpus_per_trial: resources of one trial (fractions of a GPU allowed).
+        max_concurrent_trials: None: as many as the cluster's resources hold.
+        max_failures: retries of a trial that raises, before it is recorded FAILED.
+        grace_period, reduction_factor: ASHA (train trainable): epochs every trial gets, and
+            the fraction (1/reduction_factor) that goes on at each rung.
+    """
+
+    trainable: str = "posthoc"
+    model: str | None = "resnet20-cifar10"
+    base: Config = field(default_factory=Config)
+    space: SearchSpace = field(default_factory=lambda: SearchSpace(()))
+    attack: str = "pgd"
+    val_images: int = 500
+    eot_iter: int = 10
+    min_clean_acc: float | None = None
+    multi_objective: bool = False
+    name: str | None = None
+    trials: int = 16
+    seed: int = 0
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent_trials: int | None = None
+    max_failures: int = 1
+    grace_period: int = 1
+    reduction_factor: int = 3
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLES:
+            raise ConfigError(f"trainable must be one of {', '.join(TRAINABLES)}, got {self.trainable!r}")
+        if self.trainable == "posthoc" and not self.model:
+            raise ConfigError("a posthoc search needs a model to put the defense into")
+        if self.attack not in OBJECTIVE_METRICS:
+            raise ConfigError(f"attack must be one of {', '.join(OBJECTIVE_METRICS)}, got {self.attack!r}")
+        for name, low in (("trials", 1), ("val_images", 1), ("eot_iter", 1), ("max_failures", 0),
+                          ("grace_period", 1), ("reduction_factor", 2)):
+            value = getattr(self, name)
+            if not _is_int(value) or value < low:
+                raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.max_concurrent_trials is not None and (not _is_int(self.max_concurrent_trials)
+                                                       or self.max_concurrent_trials < 1):
+            raise ConfigError(f"max_concurrent_trials must be an integer >= 1, got {self.max_concurrent_trials!r}")
+        for name in ("cpus_per_trial", "gpus_per_trial"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        if self.cpus_per_trial == 0 and self.gpus_per_trial == 0:
+            raise ConfigError("a trial needs some resources: cpus_per_trial or gpus_per_trial > 0")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise ConfigError(f"gpus_per_trial above 1 must be whole, got {self.gpus_per_trial}")
+        if self.min_clean_acc is not None and (isinstance(self.min_clean_acc, bool) or
+                                               not isinstance(self.min_clean_acc, (int, float))
+                                               or not 0 <= self.min_clean_acc <= 1):
+            raise ConfigError(f"min_clean_acc must be a fraction in [0, 1], got {self.min_clean_acc!r}")
+        if not isinstance(self.multi_objective, bool):
+            raise ConfigError(f"multi_objective must be true or false, got {self.multi_objective!r}")
+        if self.name is not None and (not isinstance(self.name, str) or not NAME_PATTERN.match(self.name)):
+            raise ConfigError(f"name must be letters, digits, '.', '_' or '-' (at most 100), got {self.name!r}")
+        if not _is_int(self.seed):
+            raise ConfigError(f"seed must be an integer, got {self.seed!r}")
+        self.space.check(self.base)
+
+    # -- the objective -------------------------------------------------------------------
+
+    @property
+    def metric(self) -> str:
+        """The reported metric the search maximises."""
+        return OBJECTIVE_METRICS[self.attack]
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        """(metric, mode) pairs Optuna optimises."""
+        if self.multi_objective:
+            return (("clean_acc", "max"), (self.metric, "max"), ("passes", "min"))
+        return ((self.metric, "max"),)
+
+    # -- conversions ---------------------------------------------------------------------
+
+    def replace(self, **changes: Any) -> SearchConfig:
+        return SearchConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["base"] = _non_default(self.base)
+        out["space"] = self.space.to_dict()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "search configuration") -> SearchConfig:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source} must be a mapping of key: value")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(map(str, data)) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
+        values = dict(data)
+        base = values.get("base") or {}
+        if isinstance(base, Config):
+            base = base.to_dict()
+        values["base"] = Config.from_dict(base, source=f"{source}: base")
+        space = values.get("space")
+        values["space"] = space if isinstance(space, SearchSpace) else SearchSpace.from_dict(space)
+        try:
+            return cls(**values)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+def _non_default(cfg: Config) -> dict[str, Any]:
+    default = Config().to_dict()
+    return {k: v for k, v in cfg.to_dict().items() if v != default[k]}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML mapping from a file; ConfigError (one line) when missing, malformed or not a mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(io.StringIO(path.read_text(encoding="utf-8")))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise ConfigError(f"{path} is not valid YAML" + (f" at line {line + 1}" if line is not None else "")) from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of key: value, not a {type(data).__name__}")
+    return data
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def compose(preset: str | None, config_file: str | None = None, **flags: Any) -> SearchConfig:
+    """The preset, overlaid by ``config_file`` (``base`` and ``space`` merge key by key), then ``flags``.
+
+    Without a preset the file stands alone (over :class:`SearchConfig`'s defaults). ``flags`` are
+    top-level keys, except ``data`` which goes into ``base``; None means not given.
+    """
+    data: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in list_presets():
+            raise ConfigError(f"unknown preset {preset!r}; presets are {', '.join(list_presets())}")
+        data = read_yaml(PRESETS_DIR / f"{preset}.yaml", "preset")
+    if config_file is not None:
+        user = read_yaml(config_file, "configuration file")
+        for section in ("base", "space"):
+            if section in user:
+                if not isinstance(user[section], dict):
+                    raise ConfigError(f"{config_file}: {section} must be a mapping")
+                data[section] = {**(data.get(section) or {}), **user.pop(section)}
+        data.update(user)
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if "data" in flags:
+        data["base"] = {**(data.get("base") or {}), "data": flags.pop("data")}
+    data.update(flags)
+    return SearchConfig.from_dict(data, source=config_file or f"preset {preset}")

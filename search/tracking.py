@@ -1,0 +1,216 @@
+"""MLflow: one experiment per search, one parent run, one nested child run per trial.
+
+Everything is logged from the driver (a Tune callback), so workers need no access to the tracking
+server and a sqlite store has a single writer. The child run of a trial is found again by its
+``ray.trial_id`` tag, so a resumed search or a retried trial goes on in the same run: no trial is
+logged twice, and runs left RUNNING by a killed driver are closed when the search ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
+from ray import tune
+
+from smoothblock import Config
+from smoothblock.errors import ConfigError
+from trainables.assets import trial_config
+
+ROLE_TAG = "smoothblock.role"
+TRIAL_TAG = "ray.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+#: Result keys Tune adds to every report: bookkeeping, not measurements (time_total_s is kept).
+TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid", "time_since_restore",
+             "iterations_since_restore", "done", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
+             "checkpoint_dir_name", "config", "should_checkpoint", "timesteps_total", "episodes_total",
+             "timesteps_since_restore", "warmup_time"}
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """``--mlflow-uri``, else MLFLOW_TRACKING_URI, else an sqlite store in the working folder."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+@contextlib.contextmanager
+def fail_fast(timeout_s: int = 5):
+    """MLflow's HTTP client retries an unreachable server for minutes; a check should take seconds."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for ``uri``, checked to answer (ConfigError naming the URI if it does not)."""
+    client = MlflowClient(tracking_uri=uri)
+    with fail_fast():
+        try:
+            client.search_experiments(max_results=1)
+        except Exception as exc:  # connection refused, bad scheme, unreadable store: all one line
+            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"MLflow tracking store {uri} is unreachable: {reason}") from None
+    return client
+
+
+def flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """A nested mapping as MLflow params: ``{"base": {"data": x}}`` -> ``{"base.data": "x"}``."""
+    out: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not {"low", "high"} >= set(value):
+            out.update(flat_params(value, f"{name}."))
+        else:
+            out[name] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+    return out
+
+
+def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> None:
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[i:i + 100])
+
+
+def find_experiment(client: MlflowClient, name: str):
+    experiment = client.get_experiment_by_name(name)
+    return experiment if experiment is not None and experiment.lifecycle_stage == "active" else None
+
+
+def parent_run_id(client: MlflowClient, experiment_id: str) -> str | None:
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{ROLE_TAG}` = 'search'", max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list:
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                  max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def start_search_run(client: MlflowClient, name: str, search_yaml: str, params: dict[str, str]) -> tuple[str, str]:
+    """Create the search's experiment and parent run; returns (experiment_id, parent_run_id)."""
+    experiment_id = client.create_experiment(name, tags={ROLE_TAG: "search"})
+    run = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "search"})
+    log_params(client, run.info.run_id, params)
+    client.log_text(run.info.run_id, search_yaml, "search.yaml")
+    return experiment_id, run.info.run_id
+
+
+def reopen_search_run(client: MlflowClient, name: str) -> tuple[str, str]:
+    experiment = find_experiment(client, name)
+    run_id = parent_run_id(client, experiment.experiment_id) if experiment else None
+    if run_id is None:
+        raise ConfigError(f"MLflow holds no search named {name!r} to resume")
+    client.update_run(run_id, status="RUNNING")
+    return experiment.experiment_id, run_id
+
+
+class TrialLogger(tune.Callback):
+    """Tune callback: each trial's child run, its params, per-report metrics, status and artifacts."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_id = parent_id
+        self.base = base
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
+        return {**self.__dict__, "_client": None, "_runs": {}}
+
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def run_id(self, trial) -> str:
+        """The trial's child run: cached, else found by tag (resume, retry), else created."""
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TRIAL_TAG}` = '{trial.trial_id}'",
+            max_results=1)
+        if found:
+            run_id = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=str(trial),
+                                         tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
+                                               ROLE_TAG: "trial"})
+            run_id = run.info.run_id
+            cfg = trial_config(self.base, trial.config)
+            log_params(self.client, run_id, {k: (json.dumps(v) if isinstance(v, list) else str(v))
+                                             for k, v in cfg.to_dict().items()})
+            self.client.log_text(run_id, cfg.to_yaml(), "config.yaml")
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        step = int(result.get("training_iteration", 0))
+        now = int(result.get("timestamp", 0) * 1000) or None
+        metrics = [Metric(k, float(v), now or 0, step) for k, v in result.items()
+                   if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
+                   and math.isfinite(v)]
+        if metrics:
+            self.client.log_batch(self.run_id(trial), metrics=metrics)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                self.client.log_artifacts(run_id, folder, "checkpoint")
+        self.client.set_terminated(run_id, status="FINISHED")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, "retries", str(trial.run_metadata.num_failures))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        run_id = self.run_id(trial)
+        error = trial.get_error() or "the trial failed without an error message"
+        self.client.log_text(run_id, str(error), "error.txt")
+        last = [line for line in str(error).strip().splitlines() if line.strip()]
+        self.client.set_tag(run_id, "error", (last[-1] if last else "error")[:5000])
+        self.client.set_terminated(run_id, status="FAILED")
+
+    def on_experiment_end(self, trials, **info):
+        close_interrupted(self.client, self.experiment_id, self.parent_id)
+
+
+def close_interrupted(client: MlflowClient, experiment_id: str, parent_id: str) -> int:
+    """Mark child runs still RUNNING (their trial never finished) KILLED; returns how many."""
+    count = 0
+    for run in child_runs(client, experiment_id, parent_id):
+        if run.info.status == "RUNNING":
+            client.set_terminated(run.info.run_id, status="KILLED")
+            count += 1
+    return count
+
+
+__all__ = ["MlflowException", "RunStatus", "TrialLogger", "close_interrupted", "connect", "resolve_tracking_uri"]

@@ -1,0 +1,229 @@
+"""Launch and resume a search: Ray Tune runs the trials, Optuna proposes them, MLflow records them."""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from smoothblock.errors import ConfigError
+from smoothblock.recipes import resolve_recipe
+from trainables import load_assets, posthoc_trial, training_trial
+from trainables.assets import Assets
+
+from . import tracking
+from .config import SearchConfig, read_yaml
+from .export import rank
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation notes
+SEARCH_FILE = "smoothblock-search.yaml"   # the search's configuration, for --resume and export
+STATE_FILE = "smoothblock-search.json"    # where its MLflow records live
+
+
+class ConstrainedOptunaSearch(OptunaSearch):
+    """OptunaSearch that gives Optuna ``min_clean_acc`` as a constraint (feasible when <= 0).
+
+    TPE and NSGA-II then prefer feasible trials; the objective itself is left untouched.
+    """
+
+    def __init__(self, *args: Any, min_clean_acc: float | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.min_clean_acc = min_clean_acc
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if self.min_clean_acc is not None and ot_trial is not None and result and "clean_acc" in result:
+            ot_trial.set_constraint("min_clean_acc", self.min_clean_acc - float(result["clean_acc"]))
+        super().on_trial_complete(trial_id, result=result, error=error)
+
+
+def make_searcher(search: SearchConfig) -> OptunaSearch:
+    """Optuna inside Tune: seeded TPE, or NSGA-II for the multi-objective Pareto search."""
+    if search.multi_objective:
+        sampler = optuna.samplers.NSGAIISampler(seed=search.seed, population_size=max(4, min(50, search.trials // 4)))
+    else:
+        # A third of a small budget explores at random before TPE models the rest.
+        sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(4, min(10, search.trials // 3)))
+    metrics, modes = zip(*search.objectives)
+    return ConstrainedOptunaSearch(
+        space=search.space.define_by_run(search.base), sampler=sampler,
+        metric=list(metrics) if search.multi_objective else metrics[0],
+        mode=list(modes) if search.multi_objective else modes[0], min_clean_acc=search.min_clean_acc)
+
+
+def make_trainable(search: SearchConfig, assets: Assets):
+    function = posthoc_trial if search.trainable == "posthoc" else training_trial
+    resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
+    return tune.with_resources(tune.with_parameters(function, search=search, assets=assets), resources)
+
+
+def results_root(storage: str | None) -> Path:
+    """Where Ray Tune keeps results and checkpoints: ``--storage``, else ./ray_results."""
+    return Path(storage).expanduser().absolute() if storage else Path.cwd() / "ray_results"
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to the cluster at ``address`` ("auto" or HOST:PORT), else start a local Ray."""
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        return
+    if address != "auto":
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"--address must be auto or HOST:PORT, got {address!r}")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as exc:
+            raise ConfigError(f"Ray cluster at {address} is unreachable: {exc.strerror or exc}") from None
+    try:
+        ray.init(address=address, logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise ConfigError(f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+
+
+def check_resources(search: SearchConfig) -> int:
+    """Refuse trials the cluster can never run; returns how many fit at once."""
+    total = ray.cluster_resources()
+    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    if search.gpus_per_trial > 0 and gpus == 0:
+        raise ConfigError(f"gpus_per_trial is {search.gpus_per_trial} but the Ray cluster has no GPUs")
+    if search.gpus_per_trial > gpus or search.cpus_per_trial > cpus:
+        raise ConfigError(f"a trial asks for {search.cpus_per_trial} CPUs and {search.gpus_per_trial} GPUs; "
+                          f"the cluster has {cpus:g} and {gpus:g}")
+    fits = [math.floor(cpus / search.cpus_per_trial) if search.cpus_per_trial else math.inf,
+            math.floor(gpus / search.gpus_per_trial) if search.gpus_per_trial else math.inf]
+    return max(1, int(min(fits)))
+
+
+@dataclass
+class Outcome:
+    """What a finished search leaves: its name, MLflow ids, and one row per trial."""
+
+    name: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    path: Path
+    rows: list[dict[str, Any]]
+
+
+def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str | None = None,
+           storage: str | None = None) -> Outcome:
+    """Run a new search. Every input is checked before anything is created."""
+    name = search.name or f"{search.trainable}-{time.strftime('%Y%m%d-%H%M%S')}"
+    search = search.replace(name=name)
+    root = results_root(storage)
+    uri = tracking.resolve_tracking_uri(mlflow_uri)
+    client = tracking.connect(uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None and existing.lifecycle_stage != "active":
+        raise ConfigError(f"MLflow holds a deleted experiment named {name!r}; choose another --name "
+                          "(or purge it with `mlflow gc`)")
+    if (root / name).exists() or existing is not None:
+        raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
+    assets = load_assets(search.trainable, search.base, search.model, search.val_images)
+    init_ray(address)
+    concurrent = search.max_concurrent_trials or check_resources(search)
+    experiment_id, parent_id = tracking.start_search_run(client, name, search.to_yaml(),
+                                                         tracking.flat_params(search.to_dict()))
+    try:
+        (root / name).mkdir(parents=True)
+        search.save(root / name / SEARCH_FILE)
+        (root / name / STATE_FILE).write_text(json.dumps({"tracking_uri": uri, "experiment_id": experiment_id,
+                                                          "parent_run_id": parent_id}) + "\n")
+        tuner = tune.Tuner(
+            make_trainable(search, assets),
+            tune_config=_tune_config(search, concurrent),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(root), verbose=1,
+                failure_config=tune.FailureConfig(max_failures=search.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base)]))
+    except BaseException:
+        client.delete_experiment(experiment_id)
+        shutil.rmtree(root / name, ignore_errors=True)
+        raise
+    return _finish(tuner, search, client, uri, experiment_id, parent_id, root / name)
+
+
+def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
+           storage: str | None = None) -> Outcome:
+    """Finish an interrupted search: finished trials stay, interrupted ones go on from their checkpoints."""
+    path = results_root(storage) / name
+    if not (path / SEARCH_FILE).is_file() or not tune.Tuner.can_restore(str(path)):
+        raise ConfigError(f"no search named {name!r} to resume under {path.parent}")
+    search = SearchConfig.from_dict(read_yaml(path / SEARCH_FILE, "search file"), source=str(path / SEARCH_FILE))
+    state = json.loads((path / STATE_FILE).read_text())
+    uri = mlflow_uri or state["tracking_uri"]
+    client = tracking.connect(uri)
+    experiment_id, parent_id = tracking.reopen_search_run(client, name)
+    assets = load_assets(search.trainable, search.base, search.model, search.val_images)
+    init_ray(address)
+    check_resources(search)
+    tuner = tune.Tuner.restore(str(path), trainable=make_trainable(search, assets), resume_unfinished=True,
+                               resume_errored=False, restart_errored=False)
+    return _finish(tuner, search, client, uri, experiment_id, parent_id, path)
+
+
+def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
+    scheduler = None
+    if search.trainable == "train":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=resolve_recipe(search.base).epochs,
+                                  grace_period=search.grace_period, reduction_factor=search.reduction_factor,
+                                  **({"metric": search.metric, "mode": "max"} if search.multi_objective else {}))
+    single = {} if search.multi_objective else {"metric": search.metric, "mode": "max"}
+    return tune.TuneConfig(search_alg=make_searcher(search), scheduler=scheduler, num_samples=search.trials,
+                           max_concurrent_trials=concurrent, reuse_actors=True, **single)
+
+
+def _finish(tuner, search, client, uri, experiment_id, parent_id, path) -> Outcome:
+    status = "FAILED"
+    try:
+        grid = tuner.fit()
+        rows = trial_rows(grid)
+        summarize(client, parent_id, search, rows)
+        status = "FINISHED"
+    finally:
+        tracking.close_interrupted(client, experiment_id, parent_id)
+        client.set_terminated(parent_id, status=status)
+    return Outcome(search.name, uri, experiment_id, parent_id, path, rows)
+
+
+def trial_rows(grid) -> list[dict[str, Any]]:
+    """One row per trial: its parameters, last metrics and status."""
+    rows = []
+    for result in grid:
+        row = {"trial_id": result.metrics.get("trial_id") if result.metrics else None,
+               "status": "ERROR" if result.error else "TERMINATED", **(result.config or {})}
+        row.update({k: v for k, v in (result.metrics or {}).items() if k not in tracking.TUNE_KEYS})
+        rows.append(row)
+    return rows
+
+
+def summarize(client, parent_id: str, search: SearchConfig, rows: list[dict[str, Any]]) -> None:
+    """The parent run's summary: trial counts and the best trial's metrics."""
+    finished = [r for r in rows if r["status"] == "TERMINATED" and search.metric in r]
+    client.log_metric(parent_id, "trials_finished", len(finished))
+    client.log_metric(parent_id, "trials_failed", sum(r["status"] == "ERROR" for r in rows))
+    ranked = rank(finished, search.metric, search.min_clean_acc)
+    if ranked:
+        best = ranked[0]
+        for key in ("clean_acc", search.metric, "passes"):
+            client.log_metric(parent_id, f"best_{key}", float(best[key]))
+        client.set_tag(parent_id, "best_trial_id", str(best["trial_id"]))

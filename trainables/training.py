@@ -1,0 +1,60 @@
+"""Training trial (thesis Sections 4.3-4.5): train with the trial's defense, report every epoch.
+
+Each epoch ends with the clean and robust accuracy of the whole defended model (ensemble
+included) on the validation images, and a ``tune.Checkpoint`` of the run folder (``last.pt``
+holds weights, optimizer and history). A restarted trial (a node died, the search resumed) goes
+on from that checkpoint; ASHA stops weak trials between epochs.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+from torch import nn
+
+from smoothblock.attacks import AttackSettings
+from smoothblock.defended import wrap_for_inference
+from smoothblock.evaluation import evaluate
+from smoothblock.train import resolve_device, train
+
+from .assets import Assets, Scoring, trial_config
+from .posthoc import objective_attacks
+
+
+def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets) -> None:
+    """Ray Tune function trainable: ``smoothblock.train`` with a report and a checkpoint per epoch.
+
+    Reports the training log's fields (``train_loss``, ``train_acc``, ``epoch``, ``lr``) and the
+    defended model's ``clean_acc``, objective accuracy (``pgd_acc``, ...) and ``passes``.
+    """
+    work = Path(tempfile.mkdtemp(prefix="smoothblock-trial-"))
+    try:
+        cfg = trial_config(assets.base, params).replace(out_dir=str(work))
+        device = resolve_device(cfg.device)
+        resume = False
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                shutil.copy2(Path(folder) / "last.pt", work / "last.pt")
+            resume = True
+        settings = AttackSettings(eot_iter=search.eot_iter, eot_n=search.val_images)
+
+        def report(epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
+            defended = wrap_for_inference(model, cfg).eval()
+            scores = evaluate(defended, assets.splits.val, attacks=objective_attacks(search.attack),
+                              n=search.val_images, settings=settings, seed=search.seed, device=device,
+                              num_classes=cfg.num_classes, progress=False)
+            model.train()
+            torch.set_grad_enabled(True)
+            row = {k: v for k, v in metrics.items() if k != "val_acc"}  # clean_acc replaces it
+            row.update(scores, passes=cfg.passes)
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+        train(cfg, resume=resume, splits=assets.splits, on_epoch_end=report, progress=False,
+              init_state=assets.state_dict)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
