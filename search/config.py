@@ -40,6 +40,8 @@ class SearchConfig:
             fine-tune from, or None to train from scratch.
         base: the Config fields every trial shares.
         space: the Config fields Optuna varies (see :mod:`search.space`).
+        points_to_evaluate: configurations to try first (Ray Tune's name), each a mapping of
+            searched parameters (those left out are sampled): a warm start from known settings.
 
     How a trial is scored (on the validation split, never the test split):
         attack: pgd, eot_pgd (the honest score of a randomised defense) or fgsm (at 8/255);
@@ -65,6 +67,7 @@ class SearchConfig:
     model: str | None = "resnet20-cifar10"
     base: Config = field(default_factory=Config)
     space: SearchSpace = field(default_factory=lambda: SearchSpace(()))
+    points_to_evaluate: tuple[dict[str, Any], ...] = ()
     attack: str = "pgd"
     val_images: int = 500
     eot_iter: int = 10
@@ -114,6 +117,11 @@ class SearchConfig:
         if not _is_int(self.seed):
             raise ConfigError(f"seed must be an integer, got {self.seed!r}")
         self.space.check(self.base)
+        if not isinstance(self.points_to_evaluate, (list, tuple)):
+            raise ConfigError("points_to_evaluate must be a list of mappings of parameter: value")
+        object.__setattr__(self, "points_to_evaluate", tuple(self.points_to_evaluate))
+        for point in self.points_to_evaluate:
+            self.space.encode_point(point, self.base)
 
     # -- the objective -------------------------------------------------------------------
 
@@ -138,6 +146,7 @@ class SearchConfig:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["base"] = _non_default(self.base)
         out["space"] = self.space.to_dict()
+        out["points_to_evaluate"] = [dict(p) for p in self.points_to_evaluate]
         return out
 
     @classmethod
@@ -205,7 +214,8 @@ def compose(preset: str | None, config_file: str | None = None, **flags: Any) ->
     """The preset, overlaid by ``config_file`` (``base`` and ``space`` merge key by key), then ``flags``.
 
     Without a preset the file stands alone (over :class:`SearchConfig`'s defaults). ``flags`` are
-    top-level keys, except ``data`` which goes into ``base``; None means not given.
+    top-level keys, except ``data`` which goes into ``base``; None means not given. The preset's
+    ``points_to_evaluate`` that a narrowed space no longer holds are dropped.
     """
     data: dict[str, Any] = {}
     if preset is not None:
@@ -224,4 +234,25 @@ def compose(preset: str | None, config_file: str | None = None, **flags: Any) ->
     if "data" in flags:
         data["base"] = {**(data.get("base") or {}), "data": flags.pop("data")}
     data.update(flags)
+    if preset is not None and config_file is not None and "points_to_evaluate" not in user:
+        data["points_to_evaluate"] = _points_that_fit(data, config_file)
     return SearchConfig.from_dict(data, source=config_file or f"preset {preset}")
+
+
+def _points_that_fit(data: dict[str, Any], source: str) -> list[Any]:
+    """The preset's starting points that the user's narrowed space still holds (they are a warm
+    start, not a requirement); a file that names its own points keeps them all, checked."""
+    points = data.get("points_to_evaluate") or []
+    try:
+        space = SearchSpace.from_dict(data.get("space"))
+        base = Config.from_dict(data.get("base") or {}, source=f"{source}: base")
+    except ConfigError:
+        return points  # SearchConfig.from_dict names the problem
+    fits = []
+    for point in points:
+        try:
+            space.encode_point(point, base)
+        except ConfigError:
+            continue
+        fits.append(point)
+    return fits

@@ -40,6 +40,9 @@ def print_summary(outcome: Outcome) -> None:
         title = "Pareto front" if search.multi_objective else "best trials"
         print(f"{title} (validation split, {search.val_images} images, objective {search.metric}):")
         print(summary_table(best, search.metric, limit=len(best) if search.multi_objective else 5))
+    if outcome.baseline:
+        print(f"undefended model on the same images: clean_acc {outcome.baseline['clean_acc']:.4f}, "
+              f"{search.metric} {outcome.baseline[search.metric]:.4f}")
     print(f"MLflow: experiment {outcome.name!r} (id {outcome.experiment_id}) in {outcome.tracking_uri}; "
           f"open it with: smoothblock ui" + (f" --mlflow-uri {outcome.tracking_uri}" if "://" in outcome.tracking_uri
                                              and not outcome.tracking_uri.startswith("sqlite") else ""))

@@ -8,7 +8,7 @@ A space maps :class:`smoothblock.Config` field names to one of:
 * a mapping ``{low, high[, log, step]}``: an int range when both ends are ints, else a float range.
 
 Parameters apply only where they mean something, so Optuna never models a value that has no effect:
-``smooth_prob`` only for the mixed method; ``ensemble`` only when the model is random at test time;
+``smooth_prob`` only for the mixed method; ``mean`` only where SmoothBlock can run; ``ensemble`` only when the model is random at test time;
 the block parameters only for a defended method; the attack parameters only under adversarial
 training.
 """
@@ -150,6 +150,38 @@ class SearchSpace:
         """The function OptunaSearch calls with each new trial."""
         return DefineByRun(self, {name: getattr(base, name) for name in SEARCHABLE})
 
+    def encode_point(self, point: Any, base: Config) -> dict[str, Any]:
+        """A starting point (``points_to_evaluate``), checked, in the form Optuna enqueues.
+
+        A point names values of searched parameters; the ones it leaves out are sampled. Each value
+        must lie in the space and have an effect (no ``smooth_prob`` for method smoothblock).
+        """
+        if not isinstance(point, dict) or not point:
+            raise ConfigError("points_to_evaluate: each point must be a non-empty mapping of parameter: value")
+        searched = {p.name: p for p in self.searched}
+        values = {name: getattr(base, name) for name in SEARCHABLE}
+        values.update(point)
+        for name, value in point.items():
+            param = searched.get(name)
+            if param is None:
+                raise ConfigError(f"points_to_evaluate: {name} is not a searched parameter of the space")
+            if param.choices is not None:
+                key = tuple(value) if name == "positions" and isinstance(value, list) else value
+                if key not in param.choices:
+                    raise ConfigError(f"points_to_evaluate: {name} {value!r} is not one of the space's choices")
+            elif (isinstance(value, bool) or not isinstance(value, (int, float)) or not param.low <= value <= param.high
+                  or (param.integer and not isinstance(value, int))):
+                raise ConfigError(f"points_to_evaluate: {name} {value!r} is outside the space's "
+                                  f"{'integer ' if param.integer else ''}range [{param.low}, {param.high}]")
+            if not applies(name, values):
+                raise ConfigError(f"points_to_evaluate: {name} has no effect with method {values.get('method')}"
+                                  + (f" and defense_at {values.get('defense_at')}" if name == "ensemble" else ""))
+        try:
+            base.replace(**point)
+        except ConfigError as exc:
+            raise ConfigError(f"points_to_evaluate: {exc}") from None
+        return {k: "+".join(map(str, v)) if k == "positions" else v for k, v in point.items()}
+
     def check(self, base: Config) -> None:
         """Refuse, before any trial runs, a space with nothing to search or values the model can't take."""
         if not self.searched:
@@ -194,6 +226,8 @@ class DefineByRun:
 def applies(name: str, values: dict[str, Any]) -> bool:
     """Whether parameter ``name`` has an effect given the values chosen before it (or the base's)."""
     method = values.get("method")
+    if name == "mean":  # DropBlock writes zeros; only SmoothBlock takes a mean
+        return method in ("smoothblock", "mixed")
     if name in BLOCK_FIELDS:
         return method != "none"
     if name == "smooth_prob":

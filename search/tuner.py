@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
-from trainables import load_assets, posthoc_trial, training_trial
+from trainables import load_assets, posthoc_trial, training_trial, undefended_score
 from trainables.assets import Assets
 
 from . import tracking
@@ -61,6 +61,7 @@ def make_searcher(search: SearchConfig) -> OptunaSearch:
     metrics, modes = zip(*search.objectives)
     return ConstrainedOptunaSearch(
         space=search.space.define_by_run(search.base), sampler=sampler,
+        points_to_evaluate=[search.space.encode_point(p, search.base) for p in search.points_to_evaluate] or None,
         metric=list(metrics) if search.multi_objective else metrics[0],
         mode=list(modes) if search.multi_objective else modes[0], min_clean_acc=search.min_clean_acc)
 
@@ -113,7 +114,8 @@ def check_resources(search: SearchConfig) -> int:
 
 @dataclass
 class Outcome:
-    """What a finished search leaves: its name, MLflow ids, and one row per trial."""
+    """What a finished search leaves: its name, MLflow ids, one row per trial, and (posthoc) the
+    undefended model's scores on the same images."""
 
     name: str
     tracking_uri: str
@@ -121,6 +123,35 @@ class Outcome:
     parent_run_id: str
     path: Path
     rows: list[dict[str, Any]]
+    baseline: dict[str, float] | None = None
+
+
+BASELINE_PREFIX = "undefended_"
+
+
+def start_baseline(search: SearchConfig, assets: Assets, client, parent_id: str):
+    """A posthoc search's reference point, as a Ray task beside the trials: the trained model
+    without defense under the same attack, images and seed. None when there is no trained model
+    or the parent run already holds it (a resumed search)."""
+    if search.trainable != "posthoc":
+        return None
+    logged = client.get_run(parent_id).data.metrics
+    if f"{BASELINE_PREFIX}{search.metric}" in logged:
+        return None
+    task = ray.remote(undefended_score).options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
+    return task.remote(search, assets)
+
+
+def finish_baseline(search: SearchConfig, client, parent_id: str, task) -> dict[str, float] | None:
+    """Log the baseline task's scores on the parent run (``undefended_clean_acc``, ...); return
+    what the parent run holds."""
+    if task is not None:
+        scores = ray.get(task)
+        for key in ("clean_acc", search.metric):
+            client.log_metric(parent_id, f"{BASELINE_PREFIX}{key}", float(scores[key]))
+    logged = client.get_run(parent_id).data.metrics
+    found = {k[len(BASELINE_PREFIX):]: v for k, v in logged.items() if k.startswith(BASELINE_PREFIX)}
+    return found or None
 
 
 def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str | None = None,
@@ -159,7 +190,8 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
         client.delete_experiment(experiment_id)
         shutil.rmtree(root / name, ignore_errors=True)
         raise
-    return _finish(tuner, search, client, uri, experiment_id, parent_id, root / name)
+    baseline = start_baseline(search, assets, client, parent_id)
+    return _finish(tuner, search, client, uri, experiment_id, parent_id, root / name, baseline)
 
 
 def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
@@ -178,7 +210,8 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     check_resources(search)
     tuner = tune.Tuner.restore(str(path), trainable=make_trainable(search, assets), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
-    return _finish(tuner, search, client, uri, experiment_id, parent_id, path)
+    baseline = start_baseline(search, assets, client, parent_id)
+    return _finish(tuner, search, client, uri, experiment_id, parent_id, path, baseline)
 
 
 def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
@@ -192,17 +225,18 @@ def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
                            max_concurrent_trials=concurrent, reuse_actors=True, **single)
 
 
-def _finish(tuner, search, client, uri, experiment_id, parent_id, path) -> Outcome:
+def _finish(tuner, search, client, uri, experiment_id, parent_id, path, baseline_task) -> Outcome:
     status = "FAILED"
     try:
         grid = tuner.fit()
         rows = trial_rows(grid)
         summarize(client, parent_id, search, rows)
+        baseline = finish_baseline(search, client, parent_id, baseline_task)
         status = "FINISHED"
     finally:
         tracking.close_interrupted(client, experiment_id, parent_id)
         client.set_terminated(parent_id, status=status)
-    return Outcome(search.name, uri, experiment_id, parent_id, path, rows)
+    return Outcome(search.name, uri, experiment_id, parent_id, path, rows, baseline)
 
 
 def trial_rows(grid) -> list[dict[str, Any]]:

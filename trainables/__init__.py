@@ -8,7 +8,7 @@ Both report the metric names of ``smoothblock evaluate`` (``clean_acc``, ``pgd_a
 (:func:`load_assets`); Tune hands them to every trial through the object store.
 """
 from .assets import Assets, load_assets
-from .posthoc import posthoc_trial
+from .posthoc import posthoc_trial, undefended_score
 from .training import training_trial
 
-__all__ = ["Assets", "load_assets", "posthoc_trial", "training_trial"]
+__all__ = ["Assets", "load_assets", "posthoc_trial", "training_trial", "undefended_score"]

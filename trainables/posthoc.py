@@ -6,6 +6,7 @@ from typing import Any
 import torch
 from ray import tune
 
+from smoothblock import Config
 from smoothblock.attacks import AttackSettings
 from smoothblock.evaluation import evaluate
 from smoothblock.hub import model_from_state
@@ -19,6 +20,24 @@ def objective_attacks(attack: str) -> tuple[str, ...]:
     return (attack,)
 
 
+def score(cfg: Config, search: Scoring, assets: Assets) -> dict[str, float]:
+    """``cfg``'s defense in the assets' trained model, scored on the first ``val_images``
+    validation images: ``clean_acc``, the objective's accuracy (``pgd_acc``, ...), ``n``, ``passes``."""
+    device = resolve_device(cfg.device)
+    torch.set_grad_enabled(True)
+    model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
+    metrics = evaluate(model, assets.splits.val, attacks=objective_attacks(search.attack),
+                       n=search.val_images, settings=AttackSettings(eot_iter=search.eot_iter, eot_n=search.val_images),
+                       seed=search.seed, device=device, num_classes=cfg.num_classes, progress=False)
+    metrics["passes"] = cfg.passes
+    return metrics
+
+
+def undefended_score(search: Scoring, assets: Assets) -> dict[str, float]:
+    """The reference every trial is compared with: the same model, images, attack and seed, no defense."""
+    return score(assets.base.replace(method="none"), search, assets)
+
+
 def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets) -> None:
     """Ray Tune function trainable: one evaluation on the validation split, one report.
 
@@ -29,12 +48,4 @@ def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets) ->
 
     Reports ``clean_acc``, the objective's accuracy (``pgd_acc``, ...), ``passes`` and ``n``.
     """
-    cfg = trial_config(assets.base, params)
-    device = resolve_device(cfg.device)
-    torch.set_grad_enabled(True)
-    model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
-    metrics = evaluate(model, assets.splits.val, attacks=objective_attacks(search.attack),
-                       n=search.val_images, settings=AttackSettings(eot_iter=search.eot_iter, eot_n=search.val_images),
-                       seed=search.seed, device=device, num_classes=cfg.num_classes, progress=False)
-    metrics["passes"] = cfg.passes
-    tune.report(metrics)
+    tune.report(score(trial_config(assets.base, params), search, assets))

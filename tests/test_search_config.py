@@ -1,0 +1,150 @@
+"""The search's configuration without Ray: presets, the conditional space Optuna sees, starting
+points, ranking and the Pareto front."""
+from __future__ import annotations
+
+import optuna
+import pytest
+import yaml
+
+from search.config import SearchConfig, compose, list_presets
+from search.export import pareto_front, rank
+from search.space import SearchSpace
+from smoothblock import Config
+from smoothblock.errors import ConfigError
+
+
+def _sample(space: SearchSpace, base: Config, n: int = 40, seed: int = 0) -> list[tuple[dict, dict]]:
+    """(Optuna's params, the trial's constants) for ``n`` random trials of ``space``."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    function = space.define_by_run(base)
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        constants = function(trial)
+        out.append((dict(trial.params), constants))
+        study.tell(trial, 0.0)
+    return out
+
+
+def test_every_preset_composes_and_names_only_config_fields():
+    assert list_presets() == ["adv", "posthoc", "train"]
+    for preset in list_presets():
+        search = compose(preset)
+        assert search.space.searched, preset
+        assert search.trainable == ("posthoc" if preset == "posthoc" else "train")
+
+
+def test_parameters_appear_only_where_they_have_an_effect():
+    space = SearchSpace.from_dict({"method": ["smoothblock", "dropblock", "mixed"], "positions": [[1], [2, 3]],
+                                   "block_size": {"low": 1, "high": 5}, "mean": ["sample", "channel"],
+                                   "smooth_prob": {"low": 0.0, "high": 1.0}, "ensemble": {"low": 1, "high": 4}})
+    seen = set()
+    for params, constants in _sample(space, Config()):
+        method = params["method"]
+        seen.add(method)
+        assert ("smooth_prob" in params) == (method == "mixed")
+        assert ("mean" in params) == (method != "dropblock")  # DropBlock writes zeros, no mean
+        assert params["positions"] in ("1", "2+3") and constants["positions"] in ([1], [2, 3])
+        assert 1 <= params["block_size"] <= 5 and isinstance(params["block_size"], int)
+    assert seen == {"smoothblock", "dropblock", "mixed"}
+
+
+def test_no_ensemble_count_for_a_deterministic_test_time_model():
+    space = SearchSpace.from_dict({"method": ["none", "smoothblock"], "defense_at": ["train", "both"],
+                                   "ensemble": {"low": 1, "high": 3}, "keep_prob": {"low": 0.5, "high": 0.9}})
+    for params, _ in _sample(space, Config()):
+        random_at_test = params["method"] != "none" and params["defense_at"] != "train"
+        assert ("ensemble" in params) == random_at_test
+        assert ("keep_prob" in params) == (params["method"] != "none")
+
+
+def test_fixed_parameters_are_constants_not_optuna_dimensions():
+    space = SearchSpace.from_dict({"keep_prob": 0.8, "block_size": [2, 3], "positions": [[1, 2]]})
+    (params, constants), *_ = _sample(space, Config(), n=1)
+    assert set(params) == {"block_size"}
+    assert constants == {"keep_prob": 0.8, "positions": [1, 2]}
+
+
+@pytest.mark.parametrize("space, message", [
+    ({"keep_prob": 0.7}, "search space is empty"),
+    ({"keep_probability": [0.5, 0.6]}, "unknown parameter 'keep_probability'"),
+    ({"data": ["a", "b"]}, "data is not searchable"),
+    ({"keep_prob": {"low": 0.9, "high": 0.5}}, "low 0.9 > high 0.5"),
+    ({"keep_prob": {"low": 0.5, "high": 1.5}}, "keep_prob"),
+    ({"weight_decay": {"low": 0.0, "high": 0.1, "log": True}}, "needs low > 0"),
+    ({"method": []}, "empty list of choices"),
+    ({"method": ["smoothblock", "smoothblock"]}, "repeats a choice"),
+    ({"positions": [1, 2]}, "list of position lists"),
+    ({"positions": [[6]]}, "position"),
+    ({"positions": [[4]], "block_size": {"low": 1, "high": 9}}, "larger than the 8x8 feature map"),
+])
+def test_a_bad_space_is_refused_with_the_parameter_named(space, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchConfig.from_dict({"space": space})
+
+
+def test_a_config_file_narrows_the_preset_key_by_key(tmp_path):
+    path = tmp_path / "narrow.yaml"
+    path.write_text(yaml.safe_dump({"trials": 3, "base": {"val_size": 100},
+                                    "space": {"method": ["smoothblock"], "positions": [[2]]}}))
+    search = compose("posthoc", str(path), data="somewhere", trials=5)
+    assert search.trials == 5  # flags win over the file
+    assert search.base.val_size == 100 and search.base.data == "somewhere" and search.base.split_seed == 0
+    assert search.space.to_dict()["method"] == "smoothblock"  # fixed now ...
+    assert "keep_prob" in search.space.to_dict()  # ... and the rest of the preset's space stays
+    # The preset's starting points at position 1 no longer fit the narrowed space: dropped.
+    assert search.points_to_evaluate == ()
+    assert compose("posthoc").points_to_evaluate[0]["positions"] == [1]
+
+
+def test_starting_points_are_checked_against_the_space():
+    space = {"method": ["smoothblock", "mixed"], "positions": [[1], [2]], "block_size": {"low": 1, "high": 5},
+             "smooth_prob": {"low": 0.0, "high": 1.0}}
+    good = SearchConfig.from_dict({"space": space, "points_to_evaluate": [{"method": "smoothblock", "positions": [2]}]})
+    assert good.space.encode_point(good.points_to_evaluate[0], good.base) == {"method": "smoothblock",
+                                                                               "positions": "2"}
+    for point, message in [({"method": "dropblock"}, "not one of the space's choices"),
+                           ({"block_size": 7}, "outside the space's integer range"),
+                           ({"block_size": 2.5}, "outside the space's integer range"),
+                           ({"keep_prob": 0.5}, "not a searched parameter"),
+                           ({"method": "smoothblock", "smooth_prob": 0.5}, "smooth_prob has no effect"),
+                           ({}, "non-empty mapping")]:
+        with pytest.raises(ConfigError, match=message):
+            SearchConfig.from_dict({"space": space, "points_to_evaluate": [point]})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"trials": 0}, "trials must be an integer >= 1"),
+    ({"trials": 2.5}, "trials must be an integer >= 1"),
+    ({"val_images": -1}, "val_images must be an integer >= 1"),
+    ({"attack": "cw"}, "attack must be one of"),
+    ({"trainable": "magic"}, "trainable must be one of"),
+    ({"min_clean_acc": 1.5}, "min_clean_acc must be a fraction"),
+    ({"gpus_per_trial": -1}, "gpus_per_trial must be a number >= 0"),
+    ({"gpus_per_trial": 1.5}, "above 1 must be whole"),
+    ({"cpus_per_trial": 0}, "needs some resources"),
+    ({"name": "../escape"}, "name must be letters"),
+    ({"colour": "blue"}, "unknown key 'colour'"),
+    ({"base": {"keep_prob": 2}}, "keep_prob"),
+])
+def test_bad_search_settings_are_one_clear_error(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        SearchConfig.from_dict({"space": {"keep_prob": [0.5, 0.7]}, **changes})
+
+
+def test_the_search_configuration_round_trips_through_yaml(tmp_path):
+    search = compose("posthoc", name="round-trip")
+    search.save(tmp_path / "s.yaml")
+    again = SearchConfig.from_dict(yaml.safe_load((tmp_path / "s.yaml").read_text()))
+    assert again == search
+
+
+def test_ranking_puts_feasible_trials_first_and_the_pareto_front_drops_dominated_ones():
+    rows = [{"id": "a", "clean_acc": 0.60, "pgd_acc": 0.30, "passes": 1},
+            {"id": "b", "clean_acc": 0.80, "pgd_acc": 0.20, "passes": 1},
+            {"id": "c", "clean_acc": 0.80, "pgd_acc": 0.20, "passes": 4},  # b with more passes
+            {"id": "d", "clean_acc": 0.85, "pgd_acc": 0.10, "passes": 2},
+            {"id": "e", "clean_acc": 0.50, "pgd_acc": 0.05, "passes": 1}]  # dominated by b
+    assert [r["id"] for r in rank(rows, "pgd_acc")] == ["a", "b", "c", "d", "e"]
+    assert [r["id"] for r in rank(rows, "pgd_acc", min_clean_acc=0.7)][:3] == ["b", "c", "d"]
+    assert [r["id"] for r in pareto_front(rows, "pgd_acc")] == ["a", "b", "d"]
