@@ -106,10 +106,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Ray's token authentication stays on (its default for local clusters since 2.59); saying so
-    # before Ray is imported keeps it from warning that it turned it on, and makes a local Ray
-    # write its token (~/.ray/auth_token) when there is none.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
     # One line per problem on stderr: MLflow's download progress bars would bury it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     return run(build_parser().parse_args(argv))

@@ -65,11 +65,44 @@ class _PerSampleCW(torchattacks.CW):
     torchattacks computes max_{i != t} Z_i as max((1 - onehot) * Z), which returns 0 instead of
     the true maximum when all other logits are negative (always so for an ensemble's
     log-probabilities); the mask below gives Carlini & Wagner's f exactly.
+
+    ``forward`` is torchattacks 3.5's loop (Adam on w in tanh space, the smallest-L2 success
+    kept, early stop when the cost stops falling). It is restated here because torchattacks
+    3.3, which pip picks next to MLflow, keeps the smallest-L2 *misclassified* image in targeted
+    mode rather than the smallest one classified as the target.
     """
 
     def __init__(self, model: nn.Module, c: torch.Tensor, **kwargs) -> None:
         super().__init__(model, c=1.0, **kwargs)
         self.c_per_sample = c
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        images = images.clone().detach().to(self.device)
+        labels = labels.clone().detach().to(self.device)
+        goal = self.get_target_label(images, labels) if self.targeted else labels
+        w = self.inverse_tanh_space(images).detach().requires_grad_(True)
+        best_adv = images.clone()
+        best_l2 = torch.full((len(images),), 1e10, device=images.device)
+        prev_cost = float("inf")
+        optimizer = torch.optim.Adam([w], lr=self.lr)
+        for step in range(self.steps):
+            adv = self.tanh_space(w)
+            l2 = (adv - images).flatten(1).pow(2).sum(1)
+            outputs = self.get_logits(adv)
+            cost = l2.sum() + self.f(outputs, goal).sum()
+            optimizer.zero_grad()
+            cost.backward()
+            optimizer.step()
+            pred = outputs.detach().argmax(1)
+            success = pred == goal if self.targeted else pred != labels
+            better = success & (l2.detach() < best_l2)
+            best_l2 = torch.where(better, l2.detach(), best_l2)
+            best_adv = torch.where(better.view(-1, *[1] * (images.dim() - 1)), adv.detach(), best_adv)
+            if step % max(self.steps // 10, 1) == 0:
+                if cost.item() > prev_cost:
+                    break
+                prev_cost = cost.item()
+        return best_adv
 
     def f(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         target = nn.functional.one_hot(labels, outputs.shape[1]).bool()
