@@ -74,7 +74,7 @@ def export(name: str, out: str, *, top: int = 1, pareto: bool = False, mlflow_ur
         for i, row in enumerate(chosen, 1):
             local = client.download_artifacts(row["run_id"], "config.yaml", tmp + f"/{i}")
             cfg = Config.load(local).replace(epochs=None, subset=None, out_dir=f"runs/{name}-best-{i}")
-            scores = ", ".join(f"{k} {row[k]:.4f}" for k in ("clean_acc", metric, "passes"))
+            scores = f"clean_acc {row['clean_acc']:.4f}, {metric} {row[metric]:.4f}, passes {int(row['passes'])}"
             texts.append(f"# Exported from search {name}, trial {row['run_name']} (MLflow run {row['run_id']}):\n"
                          f"# {scores} on the validation split.\n# Train it: smoothblock train --config THIS_FILE\n"
                          + cfg.to_yaml())

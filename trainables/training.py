@@ -7,6 +7,7 @@ on from that checkpoint; ASHA stops weak trials between epochs.
 """
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,6 +32,8 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets) -
     Reports the training log's fields (``train_loss``, ``train_acc``, ``epoch``, ``lr``) and the
     defended model's ``clean_acc``, objective accuracy (``pgd_acc``, ...) and ``passes``.
     """
+    # Not a line per epoch per trial on the driver's console ("Checkpoint successfully created").
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="smoothblock-trial-"))
     try:
         cfg = trial_config(assets.base, params).replace(out_dir=str(work))
