@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+
+# Ray reads its authentication mode when it is imported, and test modules import Ray at collection:
+# token mode (Ray's default for local clusters, and what the CLI sets) is fixed here, first.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg"
 

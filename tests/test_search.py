@@ -10,8 +10,10 @@ import time
 import pytest
 import yaml
 from mlflow import MlflowClient
+from ray import tune
 
 from search.cli import main
+from search.export import pareto_front
 from smoothblock import Config
 
 from .search_fixtures import free_port, local_ray, mlflow_server, ray_home, tiny_checkpoint  # noqa: F401
@@ -95,6 +97,22 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     assert (tmp_path / "final" / "model.safetensors").is_file()
 
 
+def test_a_multi_objective_search_exports_its_pareto_front(tmp_path, image_folder, mlflow_server, local_ray,
+                                                          capsys):
+    config = _posthoc(tmp_path, image_folder, multi_objective=True, min_clean_acc=0.05)
+    assert main(["search", "--config", config, "--name", "pareto-e2e", "--mlflow-uri", mlflow_server,
+                 "--storage", str(tmp_path / "results")]) == 0
+    assert "Pareto front (validation split, 8 images" in capsys.readouterr().out
+    client, parent, children = _runs(mlflow_server, "pareto-e2e")
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    front = pareto_front([dict(c.data.metrics) for c in children], "pgd_acc")
+    assert main(["export", "pareto-e2e", "--pareto", "--mlflow-uri", mlflow_server,
+                 "-o", str(tmp_path / "front.yaml")]) == 0
+    written = sorted(tmp_path.glob("front*.yaml"))
+    assert len(written) == len(front) >= 1
+    assert {Config.load(path).ensemble for path in written} <= {int(c.data.params["ensemble"]) for c in children}
+
+
 def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(tmp_path, image_folder,
                                                                               mlflow_server, local_ray, capsys):
     config = _write(tmp_path / "train.yaml", {
@@ -142,10 +160,13 @@ def test_a_search_killed_mid_way_resumes_to_exactly_one_finished_run_per_trial(t
     client, parent, children = _runs(mlflow_server, "killed")
     assert parent.info.status == "FINISHED"
     assert len(client.get_metric_history(parent.info.run_id, "undefended_pgd_acc")) == 1
-    # Every trial asked for finished once in MLflow. A trial the killed driver had started but not
-    # yet written into Ray's experiment state is run anew under another id; its run is closed.
-    finished = [c for c in children if c.info.status == "FINISHED"]
-    assert len(finished) == 5 and len({c.data.tags["ray.trial_id"] for c in finished}) == 5
+    # Ray finished the five trials asked for, and each has its FINISHED run. A trial the killed
+    # driver had started but not yet written into Ray's experiment state (saved every ~10 s) is
+    # run anew under another id, and its run is closed rather than left RUNNING.
+    trials = tune.ExperimentAnalysis(str(storage / "killed")).trials
+    assert len(trials) == 5 and {t.status for t in trials} == {"TERMINATED"}
+    finished = {c.data.tags["ray.trial_id"] for c in children if c.info.status == "FINISHED"}
+    assert {t.trial_id for t in trials} <= finished
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
 
 
