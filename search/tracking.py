@@ -21,7 +21,7 @@ from ray import tune
 
 from smoothblock import Config
 from smoothblock.errors import ConfigError
-from trainables.assets import trial_config
+from trainables.assets import Recorded, config_params, trial_config
 
 ROLE_TAG = "smoothblock.role"
 TRIAL_TAG = "ray.trial_id"
@@ -126,16 +126,22 @@ def reopen_search_run(client: MlflowClient, name: str) -> tuple[str, str]:
 class TrialLogger(tune.Callback):
     """Tune callback: each trial's child run, its params, per-report metrics, status and artifacts."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config,
+                 adopt_by_config: bool = False) -> None:
+        """``adopt_by_config``: on resume, a new trial whose configuration equals that of a run
+        FINISHED after Ray's last saved state takes that run over (posthoc trials, whose seeded
+        evaluation gives the same numbers, report its result instead of running)."""
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_id = parent_id
         self.base = base
+        self.adopt_by_config = adopt_by_config
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
+        self._done: set[str] = set()  # runs FINISHED before this driver: nothing more is logged to them
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_done": set()}
 
     @property
     def client(self) -> MlflowClient:
@@ -143,34 +149,44 @@ class TrialLogger(tune.Callback):
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
-    def run_id(self, trial) -> str:
-        """The trial's child run: cached, else found by tag (resume, retry), else created."""
+    def run_id(self, trial, trials=None) -> str:
+        """The trial's child run: cached, else found by tag (resume, retry), else adopted (see
+        ``adopt_by_config``; ``trials``: all the search's trials), else created."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         found = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TRIAL_TAG}` = '{trial.trial_id}'",
             max_results=1)
+        cfg = trial_config(self.base, trial.config)
+        if not found and self.adopt_by_config and trials is not None:
+            found = [run for run in lost_runs(self.client, self.experiment_id, self.parent_id, trials)
+                     if run.data.params == config_params(cfg)][:1]
+            if found:
+                self.client.set_tag(found[0].info.run_id, "ray.trial_id_before_resume", found[0].data.tags[TRIAL_TAG])
+                self.client.set_tag(found[0].info.run_id, TRIAL_TAG, trial.trial_id)
         if found:
             run_id = found[0].info.run_id
-            if found[0].info.status != "RUNNING":
+            if found[0].info.status == "FINISHED":
+                self._done.add(run_id)
+            elif found[0].info.status != "RUNNING":
                 self.client.update_run(run_id, status="RUNNING")
         else:
             run = self.client.create_run(self.experiment_id, run_name=str(trial),
                                          tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
                                                ROLE_TAG: "trial"})
             run_id = run.info.run_id
-            cfg = trial_config(self.base, trial.config)
-            log_params(self.client, run_id, {k: (json.dumps(v) if isinstance(v, list) else str(v))
-                                             for k, v in cfg.to_dict().items()})
+            log_params(self.client, run_id, config_params(cfg))
             self.client.log_text(run_id, cfg.to_yaml(), "config.yaml")
         self._runs[trial.trial_id] = run_id
         return run_id
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial)
+        self.run_id(trial, trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.run_id(trial, trials) in self._done:
+            return
         step = int(result.get("training_iteration", 0))
         now = int(result.get("timestamp", 0) * 1000) or None
         metrics = [Metric(k, float(v), now or 0, step) for k, v in result.items()
@@ -180,7 +196,9 @@ class TrialLogger(tune.Callback):
             self.client.log_batch(self.run_id(trial), metrics=metrics)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_id(trial)
+        run_id = self.run_id(trial, trials)
+        if run_id in self._done:
+            return
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
@@ -200,7 +218,32 @@ class TrialLogger(tune.Callback):
         self.client.set_terminated(run_id, status="FAILED")
 
     def on_experiment_end(self, trials, **info):
+        for run in lost_runs(self.client, self.experiment_id, self.parent_id, trials):
+            self.client.set_tag(run.info.run_id, "smoothblock.lost", "finished after Ray's last saved state; "
+                                "the resumed search ran another trial in its place")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
         close_interrupted(self.client, self.experiment_id, self.parent_id)
+
+
+def lost_runs(client: MlflowClient, experiment_id: str, parent_id: str, trials) -> list:
+    """FINISHED trial runs whose trial Ray does not know: the driver died after the trial ended
+    and before Ray saved its experiment state (every ~10 s)."""
+    known = {t.trial_id for t in trials}
+    return [run for run in child_runs(client, experiment_id, parent_id)
+            if run.info.status == "FINISHED" and run.data.tags.get(TRIAL_TAG) not in known]
+
+
+def recorded_results(client: MlflowClient, experiment_id: str, parent_id: str) -> Recorded:
+    """What a resumed search's trials report instead of running again: the final metrics of every
+    FINISHED trial run, by trial id and by configuration."""
+    by_trial, by_config = {}, []
+    for run in child_runs(client, experiment_id, parent_id):
+        if run.info.status != "FINISHED" or TRIAL_TAG not in run.data.tags:
+            continue
+        metrics = {k: v for k, v in run.data.metrics.items() if k not in TUNE_KEYS and k != "time_total_s"}
+        by_trial[run.data.tags[TRIAL_TAG]] = metrics
+        by_config.append((dict(run.data.params), metrics))
+    return Recorded(by_trial, tuple(by_config))
 
 
 def close_interrupted(client: MlflowClient, experiment_id: str, parent_id: str) -> int:

@@ -21,7 +21,7 @@ from ray.tune.search.optuna import OptunaSearch
 from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
 from trainables import load_assets, posthoc_trial, training_trial, undefended_score
-from trainables.assets import Assets
+from trainables.assets import Assets, Recorded
 
 from . import tracking
 from .config import SearchConfig, read_yaml
@@ -66,10 +66,11 @@ def make_searcher(search: SearchConfig) -> OptunaSearch:
         mode=list(modes) if search.multi_objective else modes[0], min_clean_acc=search.min_clean_acc)
 
 
-def make_trainable(search: SearchConfig, assets: Assets):
+def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | None = None):
     function = posthoc_trial if search.trainable == "posthoc" else training_trial
     resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
-    return tune.with_resources(tune.with_parameters(function, search=search, assets=assets), resources)
+    return tune.with_resources(tune.with_parameters(function, search=search, assets=assets, recorded=recorded),
+                               resources)
 
 
 def results_root(storage: str | None) -> Path:
@@ -185,7 +186,8 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
                 name=name, storage_path=str(root), verbose=1,
                 failure_config=tune.FailureConfig(max_failures=search.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base)]))
+                callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base,
+                                                adopt_by_config=search.trainable == "posthoc")]))
     except BaseException:
         client.delete_experiment(experiment_id)
         shutil.rmtree(root / name, ignore_errors=True)
@@ -208,8 +210,19 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     assets = load_assets(search.trainable, search.base, search.model, search.val_images)
     init_ray(address)
     check_resources(search)
-    tuner = tune.Tuner.restore(str(path), trainable=make_trainable(search, assets), resume_unfinished=True,
-                               resume_errored=False, restart_errored=False)
+    # Trials MLflow holds as FINISHED report that result rather than run again (the driver may
+    # have died between a trial's end and Ray's next save of its experiment state).
+    recorded = tracking.recorded_results(client, experiment_id, parent_id)
+    # Restoring reads every trial's results; those the killed driver had not yet recorded have none,
+    # which Ray reports as a warning although resuming them is exactly what follows.
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        tuner = tune.Tuner.restore(str(path), trainable=make_trainable(search, assets, recorded),
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+    finally:
+        analysis_log.setLevel(level)
     baseline = start_baseline(search, assets, client, parent_id)
     return _finish(tuner, search, client, uri, experiment_id, parent_id, path, baseline)
 

@@ -148,3 +148,15 @@ def test_ranking_puts_feasible_trials_first_and_the_pareto_front_drops_dominated
     assert [r["id"] for r in rank(rows, "pgd_acc")] == ["a", "b", "c", "d", "e"]
     assert [r["id"] for r in rank(rows, "pgd_acc", min_clean_acc=0.7)][:3] == ["b", "c", "d"]
     assert [r["id"] for r in pareto_front(rows, "pgd_acc")] == ["a", "b", "d"]
+
+
+def test_a_resumed_trial_finds_its_recorded_result_by_id_or_by_configuration():
+    from trainables.assets import Recorded, config_params
+
+    cfg = Config(keep_prob=0.6, positions=(1, 2))
+    result = {"clean_acc": 0.8, "pgd_acc": 0.3}
+    recorded = Recorded({"abc": result}, ((config_params(cfg), result),))
+    assert recorded.lookup("abc") == result
+    assert recorded.lookup("new", cfg) == result  # the same configuration under a new trial id
+    assert config_params(cfg)["positions"] == "[1, 2]"
+    assert recorded.lookup("new", cfg.replace(keep_prob=0.7)) is None and recorded.lookup("new") is None

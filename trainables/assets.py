@@ -6,6 +6,7 @@ where the search was launched.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -35,6 +36,35 @@ class Scoring(Protocol):
 def trial_config(base: Config, params: dict[str, Any]) -> Config:
     """The trial's whole configuration: ``base`` with the sampled ``params`` applied and validated."""
     return base.replace(**{k: v for k, v in params.items() if k in FIELD_NAMES})
+
+
+def config_params(cfg: Config) -> dict[str, str]:
+    """A configuration as MLflow params (lists as JSON): how a trial's run records it."""
+    return {k: json.dumps(v) if isinstance(v, (list, tuple)) else str(v) for k, v in cfg.to_dict().items()}
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """Results MLflow already holds as FINISHED when a search resumes, so no finished trial runs again.
+
+    Attributes:
+        by_trial: trial id -> its final metrics.
+        by_config: the MLflow params of a finished run -> its final metrics; a posthoc trial with
+            the same configuration reports these (its evaluation is seeded: the same numbers).
+    """
+
+    by_trial: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
+    by_config: tuple[tuple[dict[str, str], dict[str, float]], ...] = ()
+
+    def lookup(self, trial_id: str | None, cfg: Config | None = None) -> dict[str, float] | None:
+        if trial_id in self.by_trial:
+            return self.by_trial[trial_id]
+        if cfg is not None:
+            params = config_params(cfg)
+            for recorded, metrics in self.by_config:
+                if recorded == params:
+                    return metrics
+        return None
 
 
 @dataclass

@@ -12,7 +12,7 @@ from smoothblock.evaluation import evaluate
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
-from .assets import Assets, Scoring, trial_config
+from .assets import Assets, Recorded, Scoring, trial_config
 
 
 def objective_attacks(attack: str) -> tuple[str, ...]:
@@ -38,14 +38,19 @@ def undefended_score(search: Scoring, assets: Assets) -> dict[str, float]:
     return score(assets.base.replace(method="none"), search, assets)
 
 
-def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets) -> None:
+def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
+                  recorded: Recorded | None = None) -> None:
     """Ray Tune function trainable: one evaluation on the validation split, one report.
 
     Args:
         params: the trial's sampled configuration fields (from :mod:`search.space`).
         search: the search's configuration (attack, val_images, eot_iter, seed, model).
         assets: weights and validation images from the object store.
+        recorded: on resume, what MLflow already holds as FINISHED: a trial found there (by id,
+            or by its configuration) reports that result instead of running again.
 
     Reports ``clean_acc``, the objective's accuracy (``pgd_acc``, ...), ``passes`` and ``n``.
     """
-    tune.report(score(trial_config(assets.base, params), search, assets))
+    cfg = trial_config(assets.base, params)
+    done = recorded.lookup(tune.get_context().get_trial_id(), cfg) if recorded else None
+    tune.report(done if done is not None else score(cfg, search, assets))

@@ -22,16 +22,23 @@ from smoothblock.defended import wrap_for_inference
 from smoothblock.evaluation import evaluate
 from smoothblock.train import resolve_device, train
 
-from .assets import Assets, Scoring, trial_config
+from .assets import Assets, Recorded, Scoring, trial_config
 from .posthoc import objective_attacks
 
 
-def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets) -> None:
+def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
+                   recorded: Recorded | None = None) -> None:
     """Ray Tune function trainable: ``smoothblock.train`` with a report and a checkpoint per epoch.
 
     Reports the training log's fields (``train_loss``, ``train_acc``, ``epoch``, ``lr``) and the
     defended model's ``clean_acc``, objective accuracy (``pgd_acc``, ...) and ``passes``.
     """
+    # A trial MLflow holds as FINISHED, restored by Ray as unfinished (the driver died between the
+    # two): its last result again, not another training.
+    done = recorded.lookup(tune.get_context().get_trial_id()) if recorded else None
+    if done is not None:
+        tune.report(done)
+        return
     # Not a line per epoch per trial on the driver's console ("Checkpoint successfully created").
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="smoothblock-trial-"))
