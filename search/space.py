@@ -159,9 +159,17 @@ class SearchSpace:
         if not isinstance(point, dict) or not point:
             raise ConfigError("points_to_evaluate: each point must be a non-empty mapping of parameter: value")
         searched = {p.name: p for p in self.searched}
+        fixed = {p.name: p.choices[0] for p in self.params if p.fixed}
         values = {name: getattr(base, name) for name in SEARCHABLE}
+        values.update({k: list(v) if isinstance(v, tuple) else v for k, v in fixed.items()})
         values.update(point)
         for name, value in point.items():
+            if name in fixed:  # a value the space fixes anyway: implied, unless it differs
+                same = (tuple(value) if isinstance(value, list) else value) == fixed[name]
+                if not same:
+                    raise ConfigError(f"points_to_evaluate: {name} is fixed to {fixed[name]!r} "
+                                      f"in the space, not {value!r}")
+                continue
             param = searched.get(name)
             if param is None:
                 raise ConfigError(f"points_to_evaluate: {name} is not a searched parameter of the space")
@@ -180,7 +188,7 @@ class SearchSpace:
             base.replace(**point)
         except ConfigError as exc:
             raise ConfigError(f"points_to_evaluate: {exc}") from None
-        return {k: "+".join(map(str, v)) if k == "positions" else v for k, v in point.items()}
+        return {k: "+".join(map(str, v)) if k == "positions" else v for k, v in point.items() if k not in fixed}
 
     def check(self, base: Config) -> None:
         """Refuse, before any trial runs, a space with nothing to search or values the model can't take."""

@@ -160,3 +160,11 @@ def test_a_resumed_trial_finds_its_recorded_result_by_id_or_by_configuration():
     assert recorded.lookup("new", cfg) == result  # the same configuration under a new trial id
     assert config_params(cfg)["positions"] == "[1, 2]"
     assert recorded.lookup("new", cfg.replace(keep_prob=0.7)) is None and recorded.lookup("new") is None
+
+
+def test_a_starting_point_may_name_a_fixed_parameter_at_its_fixed_value():
+    space = {"method": "smoothblock", "keep_prob": {"low": 0.5, "high": 0.9}}
+    search = SearchConfig.from_dict({"space": space, "points_to_evaluate": [{"method": "smoothblock", "keep_prob": 0.7}]})
+    assert search.space.encode_point(search.points_to_evaluate[0], search.base) == {"keep_prob": 0.7}
+    with pytest.raises(ConfigError, match="method is fixed to 'smoothblock' in the space, not 'dropblock'"):
+        SearchConfig.from_dict({"space": space, "points_to_evaluate": [{"method": "dropblock", "keep_prob": 0.7}]})
