@@ -34,8 +34,9 @@ def pareto_front(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]
     return sorted(front, key=lambda r: -r[metric])
 
 
-def finished_trials(client, name: str) -> tuple[list[dict[str, Any]], dict[str, str]]:
-    """The search's FINISHED child runs as rows (metrics, run_id) and the parent run's params."""
+def finished_trials(client, name: str) -> tuple[list[dict[str, Any]], dict[str, str], str]:
+    """The search's FINISHED child runs as rows (metrics, run_id), the parent run's params and the
+    objective's metric."""
     experiment = tracking.find_experiment(client, name)
     parent = tracking.parent_run_id(client, experiment.experiment_id) if experiment else None
     if parent is None:
@@ -48,7 +49,7 @@ def finished_trials(client, name: str) -> tuple[list[dict[str, Any]], dict[str, 
     rows = [r for r in rows if {"clean_acc", metric, "passes"} <= set(r)]
     if not rows:
         raise ConfigError(f"search {name!r} has no finished trial to export yet")
-    return rows, params
+    return rows, params, metric
 
 
 def export(name: str, out: str, *, top: int = 1, pareto: bool = False, mlflow_uri: str | None = None) -> list[Path]:
@@ -60,8 +61,7 @@ def export(name: str, out: str, *, top: int = 1, pareto: bool = False, mlflow_ur
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
     client = tracking.connect(tracking.resolve_tracking_uri(mlflow_uri))
-    rows, params = finished_trials(client, name)
-    metric = OBJECTIVE_METRICS[params.get("attack", "pgd")]
+    rows, params, metric = finished_trials(client, name)
     floor = float(params["min_clean_acc"]) if params.get("min_clean_acc", "None") != "None" else None
     chosen = pareto_front(rows, metric) if pareto else rank(rows, metric, floor)[:top]
     out_path = Path(out)

@@ -20,7 +20,6 @@ from typing import Any
 from smoothblock import Config
 from smoothblock.config import FIELD_NAMES
 from smoothblock.errors import ConfigError
-from smoothblock.models.registry import POSITIONS
 
 #: Fields a search may vary; the rest (data, recipe, ...) are fixed by the search's ``base``.
 SEARCHABLE = ("method", "defense_at", "adv_training", "positions", "block_size", "keep_prob", "gamma", "mean",

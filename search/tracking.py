@@ -139,9 +139,12 @@ class TrialLogger(tune.Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()  # runs FINISHED before this driver: nothing more is logged to them
+        # Runs a previous driver finished and Ray lost: read once, since every trial this driver
+        # finishes is one Ray knows.
+        self._lost: list | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_done": set()}
+        return {**self.__dict__, "_client": None, "_runs": {}, "_done": set(), "_lost": None}
 
     @property
     def client(self) -> MlflowClient:
@@ -160,9 +163,12 @@ class TrialLogger(tune.Callback):
             max_results=1)
         cfg = trial_config(self.base, trial.config)
         if not found and self.adopt_by_config and trials is not None:
-            found = [run for run in lost_runs(self.client, self.experiment_id, self.parent_id, trials)
-                     if run.data.params == config_params(cfg)][:1]
+            if self._lost is None:
+                self._lost = lost_runs(self.client, self.experiment_id, self.parent_id, trials)
+            params = config_params(cfg)
+            found = [run for run in self._lost if run.data.params == params][:1]
             if found:
+                self._lost.remove(found[0])
                 self.client.set_tag(found[0].info.run_id, "ray.trial_id_before_resume", found[0].data.tags[TRIAL_TAG])
                 self.client.set_tag(found[0].info.run_id, TRIAL_TAG, trial.trial_id)
         if found:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import socket
 import time
@@ -27,7 +26,6 @@ from . import tracking
 from .config import SearchConfig, read_yaml
 from .export import rank
 
-log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation notes
 SEARCH_FILE = "smoothblock-search.yaml"   # the search's configuration, for --resume and export

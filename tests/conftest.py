@@ -14,6 +14,14 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg"
 
 
+def fails_in_one_line(capsys, main, argv: list[str], message: str) -> None:
+    """``main(argv)`` refuses with exit status 2 and one stderr line, no traceback, naming ``message``."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert message in err, err
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test writes decoded tensors and downloads into its own cache, never ~/.cache."""

@@ -13,12 +13,11 @@ from smoothblock.checkpoint import save_training_state, save_weights
 from smoothblock.cli import main
 from smoothblock.models import create_model
 
+from .conftest import fails_in_one_line
+
 
 def _fails(capsys, argv, message):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert message in err, err
+    fails_in_one_line(capsys, main, argv, message)
 
 
 def _config(tmp_path, text):

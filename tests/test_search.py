@@ -16,16 +16,14 @@ from search.cli import main
 from search.export import pareto_front
 from smoothblock import Config
 
+from .conftest import fails_in_one_line
 from .search_fixtures import free_port, local_ray, mlflow_server, ray_home, tiny_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
 
 def _fails(capsys, argv, message):
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert message in err, err
+    fails_in_one_line(capsys, main, argv, message)
 
 
 def _write(path, data):
