@@ -163,8 +163,8 @@ class SearchConfig:
             base = base.to_dict()
         values["base"] = Config.from_dict(base, source=f"{source}: base")
         space = values.get("space")
-        values["space"] = space if isinstance(space, SearchSpace) else SearchSpace.from_dict(space)
         try:
+            values["space"] = space if isinstance(space, SearchSpace) else SearchSpace.from_dict(space)
             return cls(**values)
         except ConfigError as exc:
             raise ConfigError(f"{source}: {exc}") from None
@@ -173,6 +173,10 @@ class SearchConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "search configuration") -> SearchConfig:
+        return cls.from_dict(parse_yaml(text, source), source=source)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
@@ -193,16 +197,23 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(io.StringIO(path.read_text(encoding="utf-8")))
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise ConfigError(f"{path} is not valid YAML" + (f" at line {line + 1}" if line is not None else "")) from None
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """A YAML mapping from text, read with the safe loader (no Python tags, so nothing runs)."""
+    try:
+        data = yaml.safe_load(io.StringIO(text))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise ConfigError(f"{source} is not valid YAML" + (f" at line {line + 1}" if line is not None else "")) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of key: value, not a {type(data).__name__}")
+        raise ConfigError(f"{source} must hold a mapping of key: value, not a {type(data).__name__}")
     return data
 
 

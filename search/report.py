@@ -4,9 +4,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .config import SearchConfig, read_yaml
 from .export import pareto_front, rank
-from .tuner import SEARCH_FILE, Outcome
+from .tuner import Outcome
 
 SHOWN = ("method", "positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble",
          "defense_at", "adv_training")
@@ -30,10 +29,10 @@ def summary_table(rows: list[dict[str, Any]], metric: str, limit: int = 5) -> st
 
 
 def print_summary(outcome: Outcome) -> None:
-    search = SearchConfig.from_dict(read_yaml(outcome.path / SEARCH_FILE, "search file"))
+    search = outcome.search
     finished = [r for r in outcome.rows if r["status"] == "TERMINATED" and search.metric in r]
     failed = sum(r["status"] == "ERROR" for r in outcome.rows)
-    print(f"\nsearch {outcome.name}: {len(finished)} trials finished, {failed} failed")
+    print(f"\nsearch {search.name}: {len(finished)} trials finished, {failed} failed")
     if finished:
         best = pareto_front(finished, search.metric) if search.multi_objective else \
             rank(finished, search.metric, search.min_clean_acc)
@@ -43,7 +42,7 @@ def print_summary(outcome: Outcome) -> None:
     if outcome.baseline:
         print(f"undefended model on the same images: clean_acc {outcome.baseline['clean_acc']:.4f}, "
               f"{search.metric} {outcome.baseline[search.metric]:.4f}")
-    print(f"MLflow: experiment {outcome.name!r} (id {outcome.experiment_id}) in {outcome.tracking_uri}; "
+    print(f"MLflow: experiment {search.name!r} (id {outcome.experiment_id}) in {outcome.tracking_uri}; "
           f"open it with: smoothblock ui" + (f" --mlflow-uri {outcome.tracking_uri}" if "://" in outcome.tracking_uri
                                              and not outcome.tracking_uri.startswith("sqlite") else ""))
-    print(f"export the best: smoothblock export {outcome.name} -o best.yaml")
+    print(f"export the best: smoothblock export {search.name} -o best.yaml")

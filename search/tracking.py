@@ -11,7 +11,9 @@ import contextlib
 import json
 import math
 import os
+import tempfile
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 from typing import Any
 
 from mlflow import MlflowClient
@@ -26,6 +28,7 @@ from trainables.assets import Recorded, config_params, trial_config
 ROLE_TAG = "smoothblock.role"
 TRIAL_TAG = "ray.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+SAMPLED_TAG = "smoothblock.sampled"  # the values Optuna proposed for the trial (a starting point again)
 #: Result keys Tune adds to every report: bookkeeping, not measurements (time_total_s is kept).
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid", "time_since_restore",
              "iterations_since_restore", "done", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
@@ -37,6 +40,16 @@ def resolve_tracking_uri(uri: str | None) -> str:
     """``--mlflow-uri``, else MLFLOW_TRACKING_URI, else an sqlite store in the working folder."""
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def redact(uri: str) -> str:
+    """``uri`` without a password (``postgresql://user:***@host/db``): what files and logs may hold."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 @contextlib.contextmanager
@@ -62,7 +75,11 @@ def connect(uri: str) -> MlflowClient:
             client.search_experiments(max_results=1)
         except Exception as exc:  # connection refused, bad scheme, unreadable store: all one line
             reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            raise ConfigError(f"MLflow tracking store {uri} is unreachable: {reason}") from None
+            reason = reason.replace(uri, redact(uri))
+            parts = urlsplit(uri)
+            if parts.password:
+                reason = reason.replace(parts.password, "***")
+            raise ConfigError(f"MLflow tracking store {redact(uri)} is unreachable: {reason}") from None
     return client
 
 
@@ -123,6 +140,16 @@ def reopen_search_run(client: MlflowClient, name: str) -> tuple[str, str]:
     return experiment.experiment_id, run_id
 
 
+def search_yaml(client: MlflowClient, parent_id: str) -> str:
+    """The search configuration the parent run holds (its ``search.yaml`` artifact)."""
+    with tempfile.TemporaryDirectory() as folder:
+        try:
+            return Path(client.download_artifacts(parent_id, "search.yaml", folder)).read_text(encoding="utf-8")
+        except (MlflowException, OSError):
+            raise ConfigError("the search's MLflow parent run holds no search.yaml: it was interrupted "
+                              "before it started; launch it again under another --name") from None
+
+
 class TrialLogger(tune.Callback):
     """Tune callback: each trial's child run, its params, per-report metrics, status and artifacts."""
 
@@ -180,7 +207,7 @@ class TrialLogger(tune.Callback):
         else:
             run = self.client.create_run(self.experiment_id, run_name=str(trial),
                                          tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
-                                               ROLE_TAG: "trial"})
+                                               ROLE_TAG: "trial", SAMPLED_TAG: json.dumps(trial.config, sort_keys=True)})
             run_id = run.info.run_id
             log_params(self.client, run_id, config_params(cfg))
             self.client.log_text(run_id, cfg.to_yaml(), "config.yaml")
@@ -241,15 +268,18 @@ def lost_runs(client: MlflowClient, experiment_id: str, parent_id: str, trials) 
 
 def recorded_results(client: MlflowClient, experiment_id: str, parent_id: str) -> Recorded:
     """What a resumed search's trials report instead of running again: the final metrics of every
-    FINISHED trial run, by trial id and by configuration."""
-    by_trial, by_config = {}, []
-    for run in child_runs(client, experiment_id, parent_id):
+    FINISHED trial run, by trial id and by configuration, and the values each was proposed with,
+    in the order the trials started."""
+    by_trial, by_config, points = {}, [], []
+    for run in sorted(child_runs(client, experiment_id, parent_id), key=lambda r: r.info.start_time):
         if run.info.status != "FINISHED" or TRIAL_TAG not in run.data.tags:
             continue
         metrics = {k: v for k, v in run.data.metrics.items() if k not in TUNE_KEYS and k != "time_total_s"}
         by_trial[run.data.tags[TRIAL_TAG]] = metrics
         by_config.append((dict(run.data.params), metrics))
-    return Recorded(by_trial, tuple(by_config))
+        if SAMPLED_TAG in run.data.tags:
+            points.append(json.loads(run.data.tags[SAMPLED_TAG]))
+    return Recorded(by_trial, tuple(by_config), tuple(points))
 
 
 def close_interrupted(client: MlflowClient, experiment_id: str, parent_id: str) -> int:

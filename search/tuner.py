@@ -4,11 +4,10 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
+import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -23,8 +22,9 @@ from trainables import load_assets, posthoc_trial, training_trial, undefended_sc
 from trainables.assets import Assets, Recorded
 
 from . import tracking
-from .config import SearchConfig, read_yaml
+from .config import SearchConfig
 from .export import rank
+from .storage import Storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation notes
@@ -71,11 +71,6 @@ def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | No
                                resources)
 
 
-def results_root(storage: str | None) -> Path:
-    """Where Ray Tune keeps results and checkpoints: ``--storage``, else ./ray_results."""
-    return Path(storage).expanduser().absolute() if storage else Path.cwd() / "ray_results"
-
-
 def init_ray(address: str | None) -> None:
     """Connect to the cluster at ``address`` ("auto" or HOST:PORT), else start a local Ray."""
     if ray.is_initialized():
@@ -113,14 +108,15 @@ def check_resources(search: SearchConfig) -> int:
 
 @dataclass
 class Outcome:
-    """What a finished search leaves: its name, MLflow ids, one row per trial, and (posthoc) the
-    undefended model's scores on the same images."""
+    """What a finished search leaves: its configuration, MLflow ids (``tracking_uri`` without
+    credentials), its results folder, one row per trial, and (posthoc) the undefended model's
+    scores on the same images."""
 
-    name: str
+    search: SearchConfig
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
-    path: Path
+    folder: str
     rows: list[dict[str, Any]]
     baseline: dict[str, float] | None = None
 
@@ -158,14 +154,14 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     """Run a new search. Every input is checked before anything is created."""
     name = search.name or f"{search.trainable}-{time.strftime('%Y%m%d-%H%M%S')}"
     search = search.replace(name=name)
-    root = results_root(storage)
+    store = Storage.from_arg(storage)
     uri = tracking.resolve_tracking_uri(mlflow_uri)
     client = tracking.connect(uri)
     existing = client.get_experiment_by_name(name)
     if existing is not None and existing.lifecycle_stage != "active":
         raise ConfigError(f"MLflow holds a deleted experiment named {name!r}; choose another --name "
                           "(or purge it with `mlflow gc`)")
-    if (root / name).exists() or existing is not None:
+    if existing is not None or store.exists(name):
         raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
     assets = load_assets(search.trainable, search.base, search.model, search.val_images)
     init_ray(address)
@@ -173,56 +169,96 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     experiment_id, parent_id = tracking.start_search_run(client, name, search.to_yaml(),
                                                          tracking.flat_params(search.to_dict()))
     try:
-        (root / name).mkdir(parents=True)
-        search.save(root / name / SEARCH_FILE)
-        (root / name / STATE_FILE).write_text(json.dumps({"tracking_uri": uri, "experiment_id": experiment_id,
-                                                          "parent_run_id": parent_id}) + "\n")
-        tuner = tune.Tuner(
-            make_trainable(search, assets),
-            tune_config=_tune_config(search, concurrent),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(root), verbose=1,
-                failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-                callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base,
-                                                adopt_by_config=search.trainable == "posthoc")]))
+        _write_search_files(store, search, uri, experiment_id, parent_id)
+        tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent)
     except BaseException:
         client.delete_experiment(experiment_id)
-        shutil.rmtree(root / name, ignore_errors=True)
+        store.remove(name)
         raise
     baseline = start_baseline(search, assets, client, parent_id)
-    return _finish(tuner, search, client, uri, experiment_id, parent_id, root / name, baseline)
+    return _finish(tuner, search, client, uri, experiment_id, parent_id, store.folder(name), baseline)
 
 
 def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
            storage: str | None = None) -> Outcome:
-    """Finish an interrupted search: finished trials stay, interrupted ones go on from their checkpoints."""
-    path = results_root(storage) / name
-    if not (path / SEARCH_FILE).is_file() or not tune.Tuner.can_restore(str(path)):
-        raise ConfigError(f"no search named {name!r} to resume under {path.parent}")
-    search = SearchConfig.from_dict(read_yaml(path / SEARCH_FILE, "search file"), source=str(path / SEARCH_FILE))
-    state = json.loads((path / STATE_FILE).read_text())
-    uri = mlflow_uri or state["tracking_uri"]
+    """Finish an interrupted search: finished trials stay, interrupted ones go on from their checkpoints.
+
+    Whenever the driver died, there is something to go on from: Ray's saved experiment state
+    (``Tuner.restore``); or, killed before Ray's first save, the search's own files (a new Tuner
+    under the same name); or, killed before even those, its MLflow parent run, which holds the
+    configuration. Trials MLflow holds as FINISHED report that result instead of running again.
+    """
+    store = Storage.from_arg(storage)
+    folder = store.folder(name)
+    uri = _resume_tracking_uri(store, name, mlflow_uri)
     client = tracking.connect(uri)
-    experiment_id, parent_id = tracking.reopen_search_run(client, name)
+    try:
+        experiment_id, parent_id = tracking.reopen_search_run(client, name)
+    except ConfigError:
+        raise ConfigError(f"no search named {name!r} to resume in {tracking.redact(uri)} or under {store}") from None
+    if store.exists(name, SEARCH_FILE):
+        search = SearchConfig.from_yaml(store.read_text(name, SEARCH_FILE), source=f"{folder}/{SEARCH_FILE}")
+    else:
+        search = SearchConfig.from_yaml(tracking.search_yaml(client, parent_id), source=f"search {name!r} in MLflow")
+        _write_search_files(store, search, uri, experiment_id, parent_id)
     assets = load_assets(search.trainable, search.base, search.model, search.val_images)
     init_ray(address)
-    check_resources(search)
-    # Trials MLflow holds as FINISHED report that result rather than run again (the driver may
-    # have died between a trial's end and Ray's next save of its experiment state).
+    concurrent = search.max_concurrent_trials or check_resources(search)
     recorded = tracking.recorded_results(client, experiment_id, parent_id)
-    # Restoring reads every trial's results; those the killed driver had not yet recorded have none,
-    # which Ray reports as a warning although resuming them is exactly what follows.
-    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-    level = analysis_log.level
-    analysis_log.setLevel(logging.ERROR)
-    try:
-        tuner = tune.Tuner.restore(str(path), trainable=make_trainable(search, assets, recorded),
-                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
-    finally:
-        analysis_log.setLevel(level)
+    if tune.Tuner.can_restore(folder):
+        # Restoring reads every trial's results; those the killed driver had not yet recorded have
+        # none, which Ray reports as a warning although resuming them is exactly what follows.
+        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        level = analysis_log.level
+        analysis_log.setLevel(logging.ERROR)
+        try:
+            tuner = tune.Tuner.restore(folder, trainable=make_trainable(search, assets, recorded),
+                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
+        finally:
+            analysis_log.setLevel(level)
+    else:
+        # Ray saved nothing before the driver died: a new Tuner proposes the finished trials'
+        # values first (Optuna learns them again; each reports its recorded result), then goes on.
+        redo = [*recorded.points, *(p for p in search.points_to_evaluate if p not in recorded.points)]
+        tuner = _new_tuner(search.replace(points_to_evaluate=redo), assets, store, uri, experiment_id,
+                           parent_id, concurrent, recorded)
     baseline = start_baseline(search, assets, client, parent_id)
-    return _finish(tuner, search, client, uri, experiment_id, parent_id, path, baseline)
+    return _finish(tuner, search, client, uri, experiment_id, parent_id, folder, baseline)
+
+
+def _resume_tracking_uri(store: Storage, name: str, mlflow_uri: str | None) -> str:
+    """``--mlflow-uri``, else the URI the search was launched with, else the default."""
+    if mlflow_uri or not store.exists(name, STATE_FILE):
+        return tracking.resolve_tracking_uri(mlflow_uri)
+    state = json.loads(store.read_text(name, STATE_FILE))
+    if not state.get("credentials_removed"):
+        return state["tracking_uri"]
+    # The stored URI lost its password (never written to disk): the user's environment has it.
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(f"search {name!r} logs to {state['tracking_uri']}, whose credentials are not stored; "
+                          "pass --mlflow-uri or set MLFLOW_TRACKING_URI")
+    return os.environ["MLFLOW_TRACKING_URI"]
+
+
+def _write_search_files(store: Storage, search: SearchConfig, uri: str, experiment_id: str, parent_id: str) -> None:
+    """The search's configuration and where its MLflow records live, beside Ray's results."""
+    store.write_text(search.name, SEARCH_FILE, search.to_yaml())
+    store.write_text(search.name, STATE_FILE, json.dumps({
+        "tracking_uri": tracking.redact(uri), "credentials_removed": tracking.redact(uri) != uri,
+        "experiment_id": experiment_id, "parent_run_id": parent_id}) + "\n")
+
+
+def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, experiment_id: str,
+               parent_id: str, concurrent: int, recorded: Recorded | None = None) -> tune.Tuner:
+    return tune.Tuner(
+        make_trainable(search, assets, recorded),
+        tune_config=_tune_config(search, concurrent),
+        run_config=tune.RunConfig(
+            name=search.name, storage_path=store.uri, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base,
+                                            adopt_by_config=search.trainable == "posthoc")]))
 
 
 def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
@@ -236,7 +272,7 @@ def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
                            max_concurrent_trials=concurrent, reuse_actors=True, **single)
 
 
-def _finish(tuner, search, client, uri, experiment_id, parent_id, path, baseline_task) -> Outcome:
+def _finish(tuner, search, client, uri, experiment_id, parent_id, folder, baseline_task) -> Outcome:
     status = "FAILED"
     try:
         grid = tuner.fit()
@@ -247,7 +283,7 @@ def _finish(tuner, search, client, uri, experiment_id, parent_id, path, baseline
     finally:
         tracking.close_interrupted(client, experiment_id, parent_id)
         client.set_terminated(parent_id, status=status)
-    return Outcome(search.name, uri, experiment_id, parent_id, path, rows, baseline)
+    return Outcome(search, tracking.redact(uri), experiment_id, parent_id, folder, rows, baseline)
 
 
 def trial_rows(grid) -> list[dict[str, Any]]:

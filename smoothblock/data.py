@@ -103,6 +103,8 @@ def _decode(files: list[Path], desc: str) -> torch.Tensor:
 
 
 def _image_folder(folder: Path, split: str, cache_dir: str | None) -> tuple[TensorDataset, tuple[str, ...]]:
+    if folder.is_dir() and not (folder / split).is_dir():
+        raise DataError(f"data folder {folder} holds no {split}/ subfolder (an ImageFolder copy needs train/ and test/)")
     files, labels, classes = _list_folder(folder / split)
     # The key changes whenever the folder's list of files does, so a stale cache is never read.
     key = hashlib.sha256("\n".join(map(str, [folder.resolve(), split, *files])).encode()).hexdigest()[:16]

@@ -13,9 +13,10 @@ from typing import Any, Protocol
 import torch
 
 from smoothblock import Config
-from smoothblock.checkpoint import load_checkpoint
+from smoothblock.checkpoint import load_checkpoint, load_state_into
 from smoothblock.config import FIELD_NAMES
 from smoothblock.data import Splits, load_splits
+from smoothblock.defended import build_model
 from smoothblock.hub import resolve
 
 
@@ -51,10 +52,13 @@ class Recorded:
         by_trial: trial id -> its final metrics.
         by_config: the MLflow params of a finished run -> its final metrics; a posthoc trial with
             the same configuration reports these (its evaluation is seeded: the same numbers).
+        points: the sampled values of the finished trials, in the order they started: a search
+            resumed without Ray's saved state proposes these first, and so meets them again.
     """
 
     by_trial: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     by_config: tuple[tuple[dict[str, str], dict[str, float]], ...] = ()
+    points: tuple[dict[str, Any], ...] = ()
 
     def lookup(self, trial_id: str | None, cfg: Config | None = None) -> dict[str, float] | None:
         if trial_id in self.by_trial:
@@ -89,7 +93,11 @@ def load_assets(trainable: str, base: Config, model: str | None, val_images: int
     """Load the weights and the data a search needs (ConfigError/DataError/CheckpointError on bad input)."""
     state_dict = model_config = None
     if model:
-        model_config, state_dict = load_checkpoint(resolve(model))
+        path = resolve(model)
+        model_config, state_dict = load_checkpoint(path)
+        # Checked here, on the driver, so weights of another architecture stop the search before
+        # its first trial rather than fail every trial.
+        load_state_into(build_model(model_config), state_dict, model_config, path)
         # The defense goes into this network: its architecture wins over the base's.
         base = base.replace(arch=model_config.arch, num_classes=model_config.num_classes)
     splits = load_splits(base.data, val_size=base.val_size, split_seed=base.split_seed,

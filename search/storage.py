@@ -1,0 +1,75 @@
+"""Where a search keeps its results: Ray Tune's ``storage_path``, a local folder or a URI.
+
+On a cluster this must be storage every node reaches (``s3://bucket/ray-results``, ``gs://...``,
+or a path on a shared file system): Ray Tune writes trial results and checkpoints there and a trial
+restarted on another node reads its checkpoint back from there. The driver keeps two small files
+beside Ray's: the search's configuration (for ``--resume`` and the summary) and where its MLflow
+records live. Both go through pyarrow's file systems, the layer Ray Tune itself uses, so a URI
+and a local path behave the same.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from smoothblock.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A search results root.
+
+    Attributes:
+        uri: what Ray Tune gets as ``storage_path``: an absolute local path or a URI.
+    """
+
+    uri: str
+
+    @classmethod
+    def from_arg(cls, storage: str | None) -> Storage:
+        """``--storage``: a URI (``s3://``, ``gs://``, ``file://``), a path, or None for ./ray_results."""
+        if storage and "://" in storage:
+            try:
+                pafs.FileSystem.from_uri(storage)
+            except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"--storage {storage} is unusable: {reason}") from None
+            return cls(storage.rstrip("/"))
+        return cls(str(Path(storage).expanduser().absolute() if storage else Path.cwd() / "ray_results"))
+
+    @property
+    def _fs(self) -> tuple[pafs.FileSystem, str]:
+        return pafs.FileSystem.from_uri(self.uri) if "://" in self.uri else (pafs.LocalFileSystem(), self.uri)
+
+    def folder(self, name: str) -> str:
+        """The search's folder, as Ray Tune names it (``Tuner.restore`` takes this)."""
+        return f"{self.uri}/{name}"
+
+    def exists(self, name: str, filename: str = "") -> bool:
+        fs, root = self._fs
+        path = f"{root}/{name}" + (f"/{filename}" if filename else "")
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def write_text(self, name: str, filename: str, text: str) -> None:
+        fs, root = self._fs
+        fs.create_dir(f"{root}/{name}", recursive=True)
+        with fs.open_output_stream(f"{root}/{name}/{filename}") as out:
+            out.write(text.encode("utf-8"))
+
+    def read_text(self, name: str, filename: str) -> str:
+        fs, root = self._fs
+        with fs.open_input_stream(f"{root}/{name}/{filename}") as src:
+            return src.read().decode("utf-8")
+
+    def remove(self, name: str) -> None:
+        """Delete the search's folder (a launch that failed before its first trial)."""
+        fs, root = self._fs
+        try:
+            fs.delete_dir(f"{root}/{name}")
+        except (FileNotFoundError, OSError):
+            pass
+
+    def __str__(self) -> str:
+        return self.uri
