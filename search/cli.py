@@ -28,6 +28,10 @@ def add_search_commands(sub) -> None:
     search.add_argument("--data", default=None, help="cifar10 (torchvision download) or an ImageFolder folder")
     search.add_argument("--model", default=None, help="posthoc: a shipped name or a checkpoint file")
     search.add_argument("--seed", type=int, default=None)
+    search.add_argument("--cpus_per_trial", "--cpus-per-trial", dest="cpus_per_trial", type=float, default=None,
+                        help="CPUs of one trial (default 1)")
+    search.add_argument("--gpus_per_trial", "--gpus-per-trial", dest="gpus_per_trial", type=float, default=None,
+                        help="GPUs of one trial; a fraction such as 0.25 puts four ResNet20 trials on one GPU")
     search.add_argument("--address", default=None, help="auto or HOST:PORT of a Ray cluster (default: a local Ray)")
     search.add_argument("--mlflow-uri", "--mlflow_uri", dest="mlflow_uri", default=None,
                         help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
@@ -58,7 +62,9 @@ def run_search(args: argparse.Namespace) -> int:
     from .report import print_summary
 
     if args.resume:
-        if args.preset or args.config or args.trials or args.name or args.data or args.model or args.seed is not None:
+        given = (args.preset, args.config, args.trials, args.name, args.data, args.model, args.seed,
+                 args.cpus_per_trial, args.gpus_per_trial)
+        if any(value is not None for value in given):
             raise ConfigError("--resume NAME takes the search's own configuration; drop the other search options")
         outcome = tuner.resume(args.resume, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
     else:
@@ -67,7 +73,8 @@ def run_search(args: argparse.Namespace) -> int:
         if args.preset is None and args.config is None:
             raise ConfigError("give --preset (posthoc, train, adv), --config FILE, or --resume NAME")
         search = compose(args.preset, args.config, trials=args.trials, name=args.name, data=args.data,
-                         model=args.model, seed=args.seed)
+                         model=args.model, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
+                         gpus_per_trial=args.gpus_per_trial)
         outcome = tuner.launch(search, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
     print_summary(outcome)
     return 0
@@ -106,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # One line per problem on stderr: MLflow's download progress bars would bury it.
+    # One line per problem on stderr: MLflow's download progress bars would bury it. MLflow also
+    # prints two links per finished run, with the tracking URI's password in them; the summary
+    # names the experiment once, without it.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     return run(build_parser().parse_args(argv))
 
 

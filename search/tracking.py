@@ -67,8 +67,14 @@ def fail_fast(timeout_s: int = 5):
                 os.environ[key] = value
 
 
+#: Tracking URIs by their redacted form, for this driver process only: the Tune callback is
+#: pickled into Ray's experiment state with the redacted URI and finds the real one here.
+_FULL_URIS: dict[str, str] = {}
+
+
 def connect(uri: str) -> MlflowClient:
     """A client for ``uri``, checked to answer (ConfigError naming the URI if it does not)."""
+    _FULL_URIS[redact(uri)] = uri
     client = MlflowClient(tracking_uri=uri)
     with fail_fast():
         try:
@@ -171,12 +177,13 @@ class TrialLogger(tune.Callback):
         self._lost: list | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "_client": None, "_runs": {}, "_done": set(), "_lost": None}
+        return {**self.__dict__, "tracking_uri": redact(self.tracking_uri), "_client": None, "_runs": {},
+                "_done": set(), "_lost": None}
 
     @property
     def client(self) -> MlflowClient:
         if self._client is None:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = MlflowClient(tracking_uri=_FULL_URIS.get(self.tracking_uri, self.tracking_uri))
         return self._client
 
     def run_id(self, trial, trials=None) -> str:

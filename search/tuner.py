@@ -93,9 +93,14 @@ def init_ray(address: str | None) -> None:
 
 
 def check_resources(search: SearchConfig) -> int:
-    """Refuse trials the cluster can never run; returns how many fit at once."""
+    """Refuse trials the cluster can never run; returns how many fit at once.
+
+    An autoscaling cluster counts what its configuration could start (GPU workers may number
+    zero until trials ask for them); a fixed cluster or a local Ray counts what it has.
+    """
     total = ray.cluster_resources()
-    cpus, gpus = total.get("CPU", 0), total.get("GPU", 0)
+    ceiling = _autoscaling_ceiling()
+    cpus, gpus = (max(total.get(k, 0), ceiling.get(k, 0)) for k in ("CPU", "GPU"))
     if search.gpus_per_trial > 0 and gpus == 0:
         raise ConfigError(f"gpus_per_trial is {search.gpus_per_trial} but the Ray cluster has no GPUs")
     if search.gpus_per_trial > gpus or search.cpus_per_trial > cpus:
@@ -103,7 +108,20 @@ def check_resources(search: SearchConfig) -> int:
                           f"the cluster has {cpus:g} and {gpus:g}")
     fits = [math.floor(cpus / search.cpus_per_trial) if search.cpus_per_trial else math.inf,
             math.floor(gpus / search.gpus_per_trial) if search.gpus_per_trial else math.inf]
-    return max(1, int(min(fits)))
+    return max(1, int(min(fits + [search.trials])))
+
+
+def _autoscaling_ceiling() -> dict[str, float]:
+    """The most of each resource the cluster's autoscaler could provide ({} without an autoscaler).
+
+    Ray Train checks its workers against the same figure; Ray offers it only from its private
+    state module, so any failure there means "no autoscaler known"."""
+    try:
+        from ray._private.state import state
+
+        return dict(state.get_max_resources_from_cluster_config() or {})
+    except Exception:
+        return {}
 
 
 @dataclass

@@ -223,3 +223,28 @@ def test_the_driver_killed_at_a_random_point_resumes_to_exactly_one_finished_run
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}, why
     parent = client.get_run(finished[0].data.tags["mlflow.parentRunId"])
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_finished"] == trials, why
+
+
+def test_fractional_gpus_put_several_trials_on_one_gpu_node(tmp_path, image_folder, mlflow_server, cluster):
+    # A node that declares one GPU (Ray schedules by the declared count; the trials compute on CPU).
+    gpu_node = cluster.add_node(num_cpus=2, num_gpus=1)
+    storage = tmp_path / "results"
+    config = _write(tmp_path / "gpu.yaml", {
+        "trainable": "posthoc", "model": str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder)),
+        "trials": 6, "val_images": 8, "cpus_per_trial": 0.25,
+        "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False},
+        "space": {"keep_prob": {"low": 0.5, "high": 0.9}, "ensemble": [4]}})
+    try:
+        assert main(["search", "--config", config, "--gpus_per_trial", "0.25", "--name", "gpus", "--address",
+                     cluster.address, "--mlflow-uri", mlflow_server, "--storage", str(storage)]) == 0
+    finally:
+        ray.shutdown()
+        cluster.remove_node(gpu_node)
+    folders = sorted((storage / "gpus").glob("posthoc_trial_*"))
+    results = [json.loads((f / "result.json").read_text().splitlines()[0]) for f in folders]
+    assert len(results) == 6
+    runs = _children(MlflowClient(mlflow_server), "gpus")
+    assert len(runs) == 6 and {r.info.status for r in runs} == {"FINISHED"}
+    # Four quarter-GPU slots (one holds the undefended baseline at first): trials overlap in time.
+    spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:])), spans

@@ -11,7 +11,7 @@ from search.export import pareto_front
 from smoothblock import Config
 
 from .conftest import fails_in_one_line
-from .search_fixtures import local_ray, mlflow_server, tiny_checkpoint  # noqa: F401
+from .search_fixtures import local_ray, mlflow_server, ray_home, tiny_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -120,3 +120,20 @@ def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(t
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
         assert steps == list(range(1, epochs[child.info.run_id] + 1))
         assert "checkpoint/last.pt" in {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
+
+
+def test_the_same_search_and_seed_give_the_same_trials_and_metrics(tmp_path, image_folder, mlflow_server, local_ray):
+    """One trial at a time, so Optuna sees the results in the same order (with several at once, its
+    proposals depend on which trial finishes first; each trial's metrics still do not)."""
+    config = _posthoc(tmp_path, image_folder, trials=3, max_concurrent_trials=1)
+    outcomes = []
+    for name in ("same-1", "same-2"):
+        assert main(["search", "--config", config, "--name", name, "--mlflow-uri", mlflow_server,
+                     "--storage", str(tmp_path / "results")]) == 0
+        _, parent, children = _runs(mlflow_server, name)
+        outcomes.append(sorted((sorted(c.data.params.items()),
+                                sorted((k, v) for k, v in c.data.metrics.items() if k != "time_total_s"))
+                               for c in children))
+        outcomes.append({k: v for k, v in parent.data.metrics.items() if k.startswith(("undefended_", "best_"))})
+    assert outcomes[0] == outcomes[2] and outcomes[1] == outcomes[3]
+    assert len(outcomes[0]) == 3

@@ -18,6 +18,15 @@ def test_train_writes_checkpoints_and_a_log(tiny_config):
     assert Config.load(out / "config.yaml") == tiny_config
 
 
+def test_the_same_configuration_and_seed_train_to_the_same_metrics_and_weights(tiny_config, tmp_path):
+    first, second = (train(tiny_config.replace(out_dir=str(tmp_path / d), method="smoothblock", defense_at="both"),
+                           progress=False) for d in ("a", "b"))
+    drop_time = [{k: v for k, v in row.items() if k != "seconds"} for row in first.history]
+    assert drop_time == [{k: v for k, v in row.items() if k != "seconds"} for row in second.history]
+    for key, value in first.model.state_dict().items():
+        assert torch.equal(value, second.model.state_dict()[key]), key
+
+
 def test_resume_continues_exactly(tiny_config, tmp_path):
     straight = train(tiny_config.replace(out_dir=str(tmp_path / "a")), progress=False)
     interrupted = tiny_config.replace(out_dir=str(tmp_path / "b"))
