@@ -159,16 +159,14 @@ def search_yaml(client: MlflowClient, parent_id: str) -> str:
 class TrialLogger(tune.Callback):
     """Tune callback: each trial's child run, its params, per-report metrics, status and artifacts."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config,
-                 adopt_by_config: bool = False) -> None:
-        """``adopt_by_config``: on resume, a new trial whose configuration equals that of a run
-        FINISHED after Ray's last saved state takes that run over (posthoc trials, whose seeded
-        evaluation gives the same numbers, report its result instead of running)."""
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config) -> None:
+        """On resume, a new trial whose configuration equals that of a run FINISHED after Ray's
+        last saved state takes that run over (trials are seeded: the trial reports that run's
+        result instead of running, see ``trainables.assets.Recorded``)."""
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_id = parent_id
         self.base = base
-        self.adopt_by_config = adopt_by_config
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()  # runs FINISHED before this driver: nothing more is logged to them
@@ -188,7 +186,7 @@ class TrialLogger(tune.Callback):
 
     def run_id(self, trial, trials=None) -> str:
         """The trial's child run: cached, else found by tag (resume, retry), else adopted (see
-        ``adopt_by_config``; ``trials``: all the search's trials), else created."""
+        ``__init__``; ``trials``: all the search's trials), else created."""
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         found = self.client.search_runs(
@@ -196,7 +194,7 @@ class TrialLogger(tune.Callback):
             filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TRIAL_TAG}` = '{trial.trial_id}'",
             max_results=1)
         cfg = trial_config(self.base, trial.config)
-        if not found and self.adopt_by_config and trials is not None:
+        if not found and trials is not None:
             if self._lost is None:
                 self._lost = lost_runs(self.client, self.experiment_id, self.parent_id, trials)
             params = config_params(cfg)

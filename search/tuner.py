@@ -275,8 +275,7 @@ def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, e
             name=search.name, storage_path=store.uri, verbose=1,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base,
-                                            adopt_by_config=search.trainable == "posthoc")]))
+            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base)]))
 
 
 def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:

@@ -169,31 +169,39 @@ def test_a_trial_that_raises_is_retried_then_failed_with_its_error_and_the_searc
     assert parent.info.status == "FINISHED" and parent.data.metrics["trials_failed"] == 1
 
 
+@pytest.mark.parametrize("trainable", ["posthoc", "train"])
 def test_the_driver_killed_at_a_random_point_resumes_to_exactly_one_finished_run_per_trial(
-        tmp_path, image_folder, mlflow_server, cluster, ray_home):
+        tmp_path, image_folder, mlflow_server, cluster, ray_home, trainable):
     # Replay a failure with SMOOTHBLOCK_KILL_SEED=<the seed in its message>.
     seed = int(os.environ.get("SMOOTHBLOCK_KILL_SEED", random.SystemRandom().randrange(10**6)))
     rng = random.Random(seed)
-    trials = 6
+    trials = 6 if trainable == "posthoc" else 4
     after_finished, jitter = rng.randrange(trials), rng.uniform(0, 1)
     why = f"seed {seed}: killed {jitter:.2f} s after {after_finished} trials finished"
-    storage = tmp_path / "results"
-    config = _write(tmp_path / "posthoc.yaml", {
-        "trainable": "posthoc", "model": str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder)),
-        "trials": trials, "val_images": 8, "max_concurrent_trials": 2,
-        "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False},
-        "space": {"method": ["smoothblock", "dropblock"], "block_size": {"low": 1, "high": 3},
-                  "keep_prob": {"low": 0.5, "high": 0.9}, "ensemble": {"low": 1, "high": 2}}})
+    storage, name = tmp_path / "results", f"killed-{trainable}"
+    if trainable == "posthoc":
+        metric, search = "pgd_acc", {
+            "trainable": "posthoc", "model": str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder)),
+            "space": {"method": ["smoothblock", "dropblock"], "block_size": {"low": 1, "high": 3},
+                      "keep_prob": {"low": 0.5, "high": 0.9}, "ensemble": {"low": 1, "high": 2}}}
+    else:
+        metric, search = "fgsm_8_acc", {
+            "trainable": "train", "model": None, "attack": "fgsm", "grace_period": 1, "reduction_factor": 2,
+            "space": {"keep_prob": {"low": 0.5, "high": 0.9}, "lr": {"low": 0.01, "high": 0.2}}}
+    config = _write(tmp_path / "search.yaml", {
+        **search, "trials": trials, "val_images": 8, "max_concurrent_trials": 2,
+        "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False, "epochs": 2,
+                 "batch_size": 16, "method": "smoothblock"}})
     argv = ["--mlflow-uri", mlflow_server, "--storage", str(storage), "--address", cluster.address]
-    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", "--config", config, "--name", "killed",
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", "--config", config, "--name", name,
                                *argv], env={**os.environ, "HOME": str(ray_home)},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     client = MlflowClient(mlflow_server)
     deadline = time.time() + 300
     try:
         while time.time() < deadline and driver.poll() is None:
-            if client.get_experiment_by_name("killed") is not None and \
-                    sum(r.info.status == "FINISHED" for r in _children(client, "killed")) >= after_finished:
+            if client.get_experiment_by_name(name) is not None and \
+                    sum(r.info.status == "FINISHED" for r in _children(client, name)) >= after_finished:
                 time.sleep(jitter)
                 break
             time.sleep(0.2)
@@ -202,19 +210,21 @@ def test_the_driver_killed_at_a_random_point_resumes_to_exactly_one_finished_run
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     assert not ended_by_itself, f"{why}: the search ended before the kill"
-    before = {r.info.run_id: r for r in _children(client, "killed") if r.info.status == "FINISHED"}
+    before = {r.info.run_id: r for r in _children(client, name) if r.info.status == "FINISHED"}
 
     try:
-        assert main(["search", "--resume", "killed", *argv]) == 0, why
+        assert main(["search", "--resume", name, *argv]) == 0, why
     finally:
         ray.shutdown()
     # As many completed trials as asked for, each with exactly one FINISHED run, logged once.
-    ray_trials = tune.ExperimentAnalysis(str(storage / "killed")).trials
+    ray_trials = tune.ExperimentAnalysis(str(storage / name)).trials
     assert len(ray_trials) == trials and {t.status for t in ray_trials} == {"TERMINATED"}, why
-    children = _children(client, "killed")
+    children = _children(client, name)
     finished = [c for c in children if c.info.status == "FINISHED"]
     assert sorted(c.data.tags["ray.trial_id"] for c in finished) == sorted(t.trial_id for t in ray_trials), why
-    assert all(len(client.get_metric_history(c.info.run_id, "pgd_acc")) == 1 for c in finished), why
+    for run in finished:  # each report logged once: steps 1, 2, ... without a repeat
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, metric)]
+        assert steps == list(range(1, len(steps) + 1)) and steps, why
     # No finished trial ran again: its run is still FINISHED, untouched since the kill.
     after = {c.info.run_id: c for c in children}
     for run_id, run in before.items():

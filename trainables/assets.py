@@ -50,8 +50,8 @@ class Recorded:
 
     Attributes:
         by_trial: trial id -> its final metrics.
-        by_config: the MLflow params of a finished run -> its final metrics; a posthoc trial with
-            the same configuration reports these (its evaluation is seeded: the same numbers).
+        by_config: the MLflow params of a finished run -> its final metrics; a trial with the
+            same configuration reports these (training and evaluation are seeded: the same numbers).
         points: the sampled values of the finished trials, in the order they started: a search
             resumed without Ray's saved state proposes these first, and so meets them again.
     """

@@ -33,9 +33,10 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
     Reports the training log's fields (``train_loss``, ``train_acc``, ``epoch``, ``lr``) and the
     defended model's ``clean_acc``, objective accuracy (``pgd_acc``, ...) and ``passes``.
     """
-    # A trial MLflow holds as FINISHED, restored by Ray as unfinished (the driver died between the
-    # two): its last result again, not another training.
-    done = recorded.lookup(tune.get_context().get_trial_id()) if recorded else None
+    # A trial MLflow holds as FINISHED, restored by Ray as unfinished or lost by Ray altogether
+    # (the driver died between the two): its last result again, not another training. Training
+    # is seeded, so the same configuration would train to the same result.
+    done = recorded.lookup(tune.get_context().get_trial_id(), trial_config(assets.base, params)) if recorded else None
     if done is not None:
         tune.report(done)
         return
