@@ -1,6 +1,11 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,12 @@ from PIL import Image
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def fails_in_one_line(capsys, main, argv: list[str], message: str) -> None:
@@ -57,3 +68,52 @@ def tiny_config(image_folder, tmp_path):
 
     return Config(data=str(image_folder), val_size=20, epochs=2, batch_size=16, out_dir=str(tmp_path / "run"),
                   device="cpu", bf16=False)
+
+
+@pytest.fixture(scope="session")
+def ray_home(tmp_path_factory):
+    """A private HOME (Ray's auth token lives in ~/.ray) and token authentication on, as the CLI does."""
+    home = tmp_path_factory.mktemp("home")
+    saved = {k: os.environ.get(k) for k in ("HOME", "RAY_AUTH_MODE")}
+    os.environ.update(HOME=str(home), RAY_AUTH_MODE="token")
+    # One token for every Ray this run starts: Ray caches it per process, and a cluster started
+    # by hand (ray.cluster_utils) does not make one.
+    subprocess.run(["ray", "get-auth-token", "--generate"], check=True, capture_output=True)
+    yield home
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real tracking server (sqlite backend, proxied artifact store) on 127.0.0.1."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(root / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    uri = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while True:
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+                if response.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield uri
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -21,7 +21,7 @@ from smoothblock.checkpoint import save_weights
 from smoothblock.models import create_model
 
 from .conftest import fails_in_one_line
-from .search_fixtures import free_port, local_ray, mlflow_server, ray_home, tiny_checkpoint  # noqa: F401
+from .search_fixtures import free_port, local_ray, tiny_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.slow
 NAME = "bad"

@@ -26,7 +26,7 @@ from ray.cluster_utils import Cluster
 from search.cli import main
 
 from .conftest import make_image_folder
-from .search_fixtures import mlflow_server, ray_home, tiny_checkpoint  # noqa: F401
+from .search_fixtures import tiny_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,6 @@ def cluster(ray_home):
     """Head (0 CPUs) + two 1-CPU worker nodes, with node deaths noticed within seconds."""
     if ray.is_initialized():
         ray.shutdown()
-    # A cluster started by hand needs its token first (`ray up` and `ray.init` make one themselves).
-    subprocess.run(["ray", "get-auth-token", "--generate"], check=True, capture_output=True)
     nodes = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 0, "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}})

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from search.cli import main
 
 from .conftest import fails_in_one_line
-from .search_fixtures import local_ray, mlflow_server, ray_home, tiny_checkpoint  # noqa: F401
+from .search_fixtures import local_ray, tiny_checkpoint  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
