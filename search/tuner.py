@@ -7,6 +7,7 @@ import math
 import os
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ from .export import rank
 from .storage import Storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
+# A resumed trial reports again the step Optuna saw before the driver died (the same values, from
+# MLflow); Optuna keeps the first and warns: expected on resume, not a problem to show.
+warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=", category=UserWarning)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation notes
 SEARCH_FILE = "smoothblock-search.yaml"   # the search's configuration, for --resume and export
 STATE_FILE = "smoothblock-search.json"    # where its MLflow records live
