@@ -64,7 +64,9 @@ class Param:
     def to_yaml_value(self) -> Any:
         if self.choices is not None:
             value = [list(c) if isinstance(c, tuple) else c for c in self.choices]
-            return value[0] if self.fixed else value
+            # A fixed position list stays a list of one choice: ``[1]`` would read back as two
+            # choices, not one list.
+            return value[0] if self.fixed and self.name != "positions" else value
         out = {"low": self.low, "high": self.high}
         if self.log:
             out["log"] = True

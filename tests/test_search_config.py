@@ -168,3 +168,15 @@ def test_a_starting_point_may_name_a_fixed_parameter_at_its_fixed_value():
     assert search.space.encode_point(search.points_to_evaluate[0], search.base) == {"keep_prob": 0.7}
     with pytest.raises(ConfigError, match="method is fixed to 'smoothblock' in the space, not 'dropblock'"):
         SearchConfig.from_dict({"space": space, "points_to_evaluate": [{"method": "dropblock", "keep_prob": 0.7}]})
+
+
+def test_every_sampled_trial_is_a_valid_starting_point_again():
+    """A search resumed without Ray's saved state proposes its finished trials again from the
+    values Tune gave them (MLflow tag ``smoothblock.sampled``, JSON): each must pass as a point."""
+    import json
+
+    for preset in list_presets():
+        search = compose(preset)
+        points = [json.loads(json.dumps({**params, **constants}))
+                  for params, constants in _sample(search.space, search.base, n=30)]
+        assert search.replace(points_to_evaluate=points).points_to_evaluate == tuple(points), preset
