@@ -9,12 +9,12 @@ and a local path behave the same.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from smoothblock.errors import ConfigError
+from smoothblock.errors import ConfigError, first_line
 
 
 @dataclass(frozen=True)
@@ -23,51 +23,48 @@ class Storage:
 
     Attributes:
         uri: what Ray Tune gets as ``storage_path``: an absolute local path or a URI.
+        fs, root: the file system behind ``uri`` and the root's path in it, resolved once
+            (resolving an ``s3://`` URI asks the bucket's region over the network).
     """
 
     uri: str
+    fs: pafs.FileSystem = field(compare=False, repr=False)
+    root: str = field(compare=False, repr=False)
 
     @classmethod
     def from_arg(cls, storage: str | None) -> Storage:
         """``--storage``: a URI (``s3://``, ``gs://``, ``file://``), a path, or None for ./ray_results."""
         if storage and "://" in storage:
+            uri = storage.rstrip("/")
             try:
-                pafs.FileSystem.from_uri(storage)
+                fs, root = pafs.FileSystem.from_uri(uri)
             except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
-                reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-                raise ConfigError(f"--storage {storage} is unusable: {reason}") from None
-            return cls(storage.rstrip("/"))
-        return cls(str(Path(storage).expanduser().absolute() if storage else Path.cwd() / "ray_results"))
-
-    @property
-    def _fs(self) -> tuple[pafs.FileSystem, str]:
-        return pafs.FileSystem.from_uri(self.uri) if "://" in self.uri else (pafs.LocalFileSystem(), self.uri)
+                raise ConfigError(f"--storage {storage} is unusable: {first_line(exc)}") from None
+            return cls(uri, fs, root)
+        path = str(Path(storage).expanduser().absolute() if storage else Path.cwd() / "ray_results")
+        return cls(path, pafs.LocalFileSystem(), path)
 
     def folder(self, name: str) -> str:
         """The search's folder, as Ray Tune names it (``Tuner.restore`` takes this)."""
         return f"{self.uri}/{name}"
 
     def exists(self, name: str, filename: str = "") -> bool:
-        fs, root = self._fs
-        path = f"{root}/{name}" + (f"/{filename}" if filename else "")
-        return fs.get_file_info(path).type != pafs.FileType.NotFound
+        path = f"{self.root}/{name}" + (f"/{filename}" if filename else "")
+        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
 
     def write_text(self, name: str, filename: str, text: str) -> None:
-        fs, root = self._fs
-        fs.create_dir(f"{root}/{name}", recursive=True)
-        with fs.open_output_stream(f"{root}/{name}/{filename}") as out:
+        self.fs.create_dir(f"{self.root}/{name}", recursive=True)
+        with self.fs.open_output_stream(f"{self.root}/{name}/{filename}") as out:
             out.write(text.encode("utf-8"))
 
     def read_text(self, name: str, filename: str) -> str:
-        fs, root = self._fs
-        with fs.open_input_stream(f"{root}/{name}/{filename}") as src:
+        with self.fs.open_input_stream(f"{self.root}/{name}/{filename}") as src:
             return src.read().decode("utf-8")
 
     def remove(self, name: str) -> None:
         """Delete the search's folder (a launch that failed before its first trial)."""
-        fs, root = self._fs
         try:
-            fs.delete_dir(f"{root}/{name}")
+            self.fs.delete_dir(f"{self.root}/{name}")
         except (FileNotFoundError, OSError):
             pass
 

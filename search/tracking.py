@@ -22,7 +22,7 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 from smoothblock import Config
-from smoothblock.errors import ConfigError
+from smoothblock.errors import ConfigError, first_line
 from trainables.assets import Recorded, config_params, trial_config
 
 ROLE_TAG = "smoothblock.role"
@@ -80,8 +80,7 @@ def connect(uri: str) -> MlflowClient:
         try:
             client.search_experiments(max_results=1)
         except Exception as exc:  # connection refused, bad scheme, unreadable store: all one line
-            reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-            reason = reason.replace(uri, redact(uri))
+            reason = first_line(exc).replace(uri, redact(uri))
             parts = urlsplit(uri)
             if parts.password:
                 reason = reason.replace(parts.password, "***")

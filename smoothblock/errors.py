@@ -15,3 +15,10 @@ class DataError(SmoothBlockError):
 
 class CheckpointError(SmoothBlockError):
     """A checkpoint is corrupt, of another architecture, not a checkpoint, or would run code."""
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message cut to its first line (at most ``limit`` characters), else its type:
+    the reason part of a one-line error about a library's failure."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
