@@ -9,6 +9,7 @@ and a local path behave the same.
 """
 from __future__ import annotations
 
+import fnmatch
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,14 @@ class Storage:
     def exists(self, name: str, filename: str = "") -> bool:
         path = f"{self.root}/{name}" + (f"/{filename}" if filename else "")
         return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+
+    def has_match(self, name: str, pattern: str) -> bool:
+        """Whether the search's folder holds a file whose name matches ``pattern`` (fnmatch)."""
+        try:
+            infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{name}"))
+        except (FileNotFoundError, OSError):
+            return False
+        return any(fnmatch.fnmatch(info.base_name, pattern) for info in infos)
 
     def write_text(self, name: str, filename: str, text: str) -> None:
         self.fs.create_dir(f"{self.root}/{name}", recursive=True)

@@ -169,13 +169,17 @@ class TrialLogger(tune.Callback):
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()  # runs FINISHED before this driver: nothing more is logged to them
+        # Last step each run holds: a trial restarted from an older checkpoint than MLflow saw (the
+        # driver died between the two) or from scratch (a retry) reports those steps again; each
+        # step is logged once, with its first values (seeded trials repeat them anyway).
+        self._logged: dict[str, int] = {}
         # Runs a previous driver finished and Ray lost: read once, since every trial this driver
         # finishes is one Ray knows.
         self._lost: list | None = None
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
         return {**self.__dict__, "tracking_uri": redact(self.tracking_uri), "_client": None, "_runs": {},
-                "_done": set(), "_lost": None}
+                "_done": set(), "_logged": {}, "_lost": None}
 
     @property
     def client(self) -> MlflowClient:
@@ -206,8 +210,10 @@ class TrialLogger(tune.Callback):
             run_id = found[0].info.run_id
             if found[0].info.status == "FINISHED":
                 self._done.add(run_id)
-            elif found[0].info.status != "RUNNING":
-                self.client.update_run(run_id, status="RUNNING")
+            else:
+                if found[0].info.status != "RUNNING":
+                    self.client.update_run(run_id, status="RUNNING")
+                self._logged[run_id] = last_step(self.client, run_id)
         else:
             run = self.client.create_run(self.experiment_id, run_name=str(trial),
                                          tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
@@ -222,15 +228,17 @@ class TrialLogger(tune.Callback):
         self.run_id(trial, trials)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.run_id(trial, trials) in self._done:
-            return
+        run_id = self.run_id(trial, trials)
         step = int(result.get("training_iteration", 0))
+        if run_id in self._done or step <= self._logged.get(run_id, 0):
+            return
         now = int(result.get("timestamp", 0) * 1000) or None
         metrics = [Metric(k, float(v), now or 0, step) for k, v in result.items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v)]
         if metrics:
-            self.client.log_batch(self.run_id(trial), metrics=metrics)
+            self.client.log_batch(run_id, metrics=metrics)
+        self._logged[run_id] = step
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial, trials)
@@ -260,6 +268,11 @@ class TrialLogger(tune.Callback):
                                 "the resumed search ran another trial in its place")
             self.client.set_terminated(run.info.run_id, status="KILLED")
         close_interrupted(self.client, self.experiment_id, self.parent_id)
+
+
+def last_step(client: MlflowClient, run_id: str) -> int:
+    """The last step a trial run logged (0 if none): every report carries ``time_total_s``."""
+    return max((m.step for m in client.get_metric_history(run_id, "time_total_s")), default=0)
 
 
 def lost_runs(client: MlflowClient, experiment_id: str, parent_id: str, trials) -> list:

@@ -206,7 +206,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     """Finish an interrupted search: finished trials stay, interrupted ones go on from their checkpoints.
 
     Whenever the driver died, there is something to go on from: Ray's saved experiment state
-    (``Tuner.restore``); or, killed before Ray's first save, the search's own files (a new Tuner
+    (``Tuner.restore``); or, killed before Ray's first save of it, the search's own files (a new Tuner
     under the same name); or, killed before even those, its MLflow parent run, which holds the
     configuration. Trials MLflow holds as FINISHED report that result instead of running again.
     """
@@ -227,7 +227,10 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     init_ray(address)
     concurrent = search.max_concurrent_trials or check_resources(search)
     recorded = tracking.recorded_results(client, experiment_id, parent_id)
-    if tune.Tuner.can_restore(folder):
+    # Ray writes tuner.pkl before its first experiment state: a driver killed between the two leaves
+    # a folder Tuner.restore accepts but cannot resume (it fails to restore the run state, then
+    # waits for trials its searcher no longer proposes). Only a saved experiment state restores.
+    if tune.Tuner.can_restore(folder) and store.has_match(name, "experiment_state-*.json"):
         # Restoring reads every trial's results; those the killed driver had not yet recorded have
         # none, which Ray reports as a warning although resuming them is exactly what follows.
         analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")

@@ -58,9 +58,11 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
         return torch.cuda.is_bf16_supported()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
-            return "amx_bf16" in f.read()
+            flags = f.read()
     except OSError:
         return False
+    # Native bfloat16 matrix instructions; without them oneDNN emulates bf16 and is slower than fp32.
+    return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
 def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -151,11 +153,12 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     if resume:
         state = load_training_state(state_path)
         saved = Config.from_yaml(state["config"], source=f"configuration in {state_path}")
-        # A run may move (another folder, another machine, another device) and be lengthened.
-        movable = dict(epochs=cfg.epochs, out_dir=cfg.out_dir, device=cfg.device)
+        # A run may move (another folder, another machine, another device) and be lengthened; a
+        # machine without fast bfloat16 may go on in float32.
+        movable = dict(epochs=cfg.epochs, out_dir=cfg.out_dir, device=cfg.device, bf16=cfg.bf16)
         if saved.replace(**movable) != cfg:
             raise CheckpointError(f"{state_path} was written for another configuration; "
-                                  "only epochs, out_dir and device may change on --resume")
+                                  "only epochs, out_dir, device and bf16 may change on --resume")
     elif state_path.exists():
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
     device = resolve_device(cfg.device)

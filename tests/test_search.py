@@ -1,11 +1,16 @@
 """End-to-end searches on a real local Ray, logged to a real MLflow server on 127.0.0.1."""
 from __future__ import annotations
 
+import pickle
+import shutil
 
 import pytest
 import yaml
 from mlflow import MlflowClient
+from ray import tune
+from ray.tune.experiment import Trial
 
+from search import tracking
 from search.cli import main
 from search.export import pareto_front
 from smoothblock import Config
@@ -137,3 +142,56 @@ def test_the_same_search_and_seed_give_the_same_trials_and_metrics(tmp_path, ima
         outcomes.append({k: v for k, v in parent.data.metrics.items() if k.startswith(("undefended_", "best_"))})
     assert outcomes[0] == outcomes[2] and outcomes[1] == outcomes[3]
     assert len(outcomes[0]) == 3
+
+
+@pytest.mark.timeout(300)
+def test_a_search_killed_after_rays_first_file_and_before_its_first_state_resumes(tmp_path, image_folder,
+                                                                                  mlflow_server, local_ray):
+    """Ray writes tuner.pkl before the first experiment state; a driver killed between the two left
+    a folder Tuner.restore accepts and then cannot go on from (it waited 600 s, then ended with the
+    trials it had). The same files, made by killing a search's record after the fact: two trials
+    finished in MLflow, two never started, Ray's experiment state not yet written."""
+    storage, name = tmp_path / "results", "early-kill"
+    argv = ["--mlflow-uri", mlflow_server, "--storage", str(storage)]
+    assert main(["search", "--config", _posthoc(tmp_path, image_folder), "--name", name, *argv]) == 0
+    client, parent, children = _runs(mlflow_server, name)
+    kept, lost = children[:2], children[2:]
+    for run in lost:
+        client.delete_run(run.info.run_id)
+    client.update_run(parent.info.run_id, status="RUNNING")
+    folder = storage / name
+    for path in folder.iterdir():
+        if path.name not in ("tuner.pkl", "smoothblock-search.yaml", "smoothblock-search.json"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    assert main(["search", "--resume", name, *argv]) == 0
+    ray_trials = tune.ExperimentAnalysis(str(folder)).trials
+    assert len(ray_trials) == 4 and {t.status for t in ray_trials} == {"TERMINATED"}
+    _, parent, children = _runs(mlflow_server, name)
+    assert parent.info.status == "FINISHED" and {c.info.status for c in children} == {"FINISHED"}
+    assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(t.trial_id for t in ray_trials)
+    after = {c.info.run_id: c for c in children}
+    for run in kept:  # adopted by the resumed trials with their configuration, not run again
+        assert after[run.info.run_id].info.end_time == run.info.end_time
+
+
+def test_a_step_reported_again_is_logged_once(mlflow_server):
+    """A trial restarted from an older checkpoint than MLflow saw (the driver died between the two),
+    or from scratch by a retry, reports its first steps again: each step keeps one value."""
+    client = MlflowClient(mlflow_server)
+    experiment_id, parent_id = tracking.start_search_run(client, "steps-once", "trainable: train\n", {})
+    trial = Trial("training_trial", config={"keep_prob": 0.7}, trial_id="steps0001", stub=True)
+    before = tracking.TrialLogger(mlflow_server, experiment_id, parent_id, Config())
+    before.on_trial_start(0, [trial], trial)
+    before.on_trial_result(0, [trial], trial, {"training_iteration": 1, "time_total_s": 1.0, "train_loss": 2.0})
+    before.on_trial_result(0, [trial], trial, {"training_iteration": 2, "time_total_s": 2.0, "train_loss": 1.5})
+    before.on_trial_result(0, [trial], trial, {"training_iteration": 1, "time_total_s": 1.1, "train_loss": 2.1})
+    # The driver dies; a new one (a new callback, as Tuner.restore unpickles it) finds the run by tag.
+    after = pickle.loads(pickle.dumps(before))
+    for step, loss in ((1, 2.2), (2, 1.6), (3, 1.2)):
+        after.on_trial_result(0, [trial], trial, {"training_iteration": step, "time_total_s": float(step),
+                                                  "train_loss": loss})
+    after.on_trial_complete(0, [trial], trial)
+    (run,) = tracking.child_runs(client, experiment_id, parent_id)
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(history) == [(1, 2.0), (2, 1.5), (3, 1.2)] and run.info.status == "FINISHED"
