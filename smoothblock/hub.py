@@ -40,7 +40,7 @@ def load_config_and_weights(name_or_path: str | Path, **overrides: Any) -> tuple
     path = resolve(name_or_path)
     saved, state_dict = load_checkpoint(path)
     cfg = apply_overrides(saved, path, **overrides)
-    return cfg, _network(cfg, state_dict, path)
+    return cfg, network_from_state(cfg, state_dict, path)
 
 
 def apply_overrides(saved: Config, path: str | Path, **overrides: Any) -> Config:
@@ -53,7 +53,9 @@ def apply_overrides(saved: Config, path: str | Path, **overrides: Any) -> Config
         raise ConfigError(f"override: {exc}") from None
 
 
-def _network(cfg: Config, state_dict: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
+def network_from_state(cfg: Config, state_dict: dict[str, torch.Tensor], source: str | Path) -> nn.Module:
+    """``cfg``'s network (no ensemble wrapper) with ``state_dict`` loaded, in eval mode;
+    CheckpointError naming ``source`` when the weights do not fit it."""
     model = build_model(cfg)
     load_state_into(model, state_dict, cfg, source)
     return model.eval()
@@ -81,7 +83,7 @@ def model_from_state(cfg: Config, state_dict: dict[str, torch.Tensor], *, device
                      source: str | Path = "weights") -> nn.Module:
     """What :func:`load_model` returns, from weights already in memory (a search's workers get them
     once through the object store): ``cfg``'s defended model, ensemble included, in eval mode."""
-    return _for_inference(_network(cfg, state_dict, source), cfg, device)
+    return _for_inference(network_from_state(cfg, state_dict, source), cfg, device)
 
 
 def _for_inference(model: nn.Module, cfg: Config, device: str | torch.device) -> nn.Module:

@@ -13,11 +13,10 @@ from typing import Any, Protocol
 import torch
 
 from smoothblock import Config
-from smoothblock.checkpoint import load_checkpoint, load_state_into
+from smoothblock.checkpoint import load_checkpoint
 from smoothblock.config import FIELD_NAMES
 from smoothblock.data import Splits, load_splits
-from smoothblock.defended import build_model
-from smoothblock.hub import resolve
+from smoothblock.hub import network_from_state, resolve
 
 
 class Scoring(Protocol):
@@ -97,7 +96,7 @@ def load_assets(trainable: str, base: Config, model: str | None, val_images: int
         model_config, state_dict = load_checkpoint(path)
         # Checked here, on the driver, so weights of another architecture stop the search before
         # its first trial rather than fail every trial.
-        load_state_into(build_model(model_config), state_dict, model_config, path)
+        network_from_state(model_config, state_dict, path)
         # The defense goes into this network: its architecture wins over the base's.
         base = base.replace(arch=model_config.arch, num_classes=model_config.num_classes)
     splits = load_splits(base.data, val_size=base.val_size, split_seed=base.split_seed,
