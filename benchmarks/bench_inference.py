@@ -65,9 +65,14 @@ def main() -> None:
         "torch": torch.__version__, "batch_size": args.batch_size, "repeats": args.repeats,
         "ensemble_repeats": args.ensemble_repeats, "results": results,
     }
+    emit(report, args.json)
+
+
+def emit(report: dict, path: str | None) -> None:
+    """Print the report as JSON and, with ``--json PATH``, write it there too."""
     print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
+    if path:
+        with open(path, "w", encoding="utf-8") as f:
             json.dump(report, f, indent=2)
 
 

@@ -11,7 +11,6 @@ Run: python benchmarks/bench_training.py [--batch_size 256] [--repeats 10] [--js
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from smoothblock import Config, build_model
 from smoothblock.train import use_bf16
 
-from bench_inference import _time
+from bench_inference import _time, emit
 
 
 def step_fn(bf16: bool, batch_size: int):
@@ -65,10 +64,7 @@ def main() -> None:
         "results": {name: {"step_s": m, "images_per_s": args.batch_size / m} for name, m in medians.items()},
         "speedup_bf16": medians["float32"] / medians["bfloat16"],
     }
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=2)
+    emit(report, args.json)
 
 
 if __name__ == "__main__":
