@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     shutil.copy2(args.run / "log.jsonl", WEIGHTS_DIR / f"{args.name}.log.jsonl")
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     train_s = sum(h["seconds"] for h in history)
+    note = f"\n- {args.note}" if args.note else ""
+    recipe_bf16 = cfg.bf16 is True  # None: chosen by the machine (smoothblock.train.use_bf16)
     source = DATA_SOURCES.get(cfg.data, FOLDER_SOURCE.format(data=cfg.data))
     rows = "\n".join(f"| {h['epoch']} | {h['lr']:.4f} | {h['train_loss']:.4f} | {100 * h['train_acc']:.2f} | "
                      f"{100 * h['val_acc']:.2f} | {h['seconds']:.0f} |" for h in history)
@@ -77,7 +79,7 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
   `scripts/ship_model.py`, which wrote this card, in {eval_s:.0f} s; the same figure comes from
   `smoothblock evaluate --model {args.name} --methods none --attacks fgsm --n 10000`).
 - Accuracy on the validation split at the last epoch: {100 * history[-1]['val_acc']:.2f}%
-  ({len(splits.val):,} images; bfloat16 autocast as in training).
+  ({len(splits.val):,} images{'; bfloat16 autocast, as in training' if recipe_bf16 else ''}).
 
 ## Data and split
 - Source: {source}.
@@ -94,8 +96,7 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
   (linear warm-up over the first 15% of steps to {recipe.lr}, then cosine to zero), weight decay
   {recipe.weight_decay} on weights (none on batch-norm parameters and biases), label smoothing
   {recipe.label_smoothing}, {recipe.epochs} epochs, bfloat16 autocast: {cfg.bf16}, channels_last.
-- Hardware: {args.hardware}. Training time: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over epochs).
-{('- ' + args.note) if args.note else ''}
+- Hardware: {args.hardware}. Training time: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over epochs).{note}
 - Weights: `{target.name}` (safetensors, configuration in its metadata; sha256 `{digest}`).
 
 Resolved configuration (stored in the weights' metadata):
