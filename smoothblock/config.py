@@ -61,7 +61,8 @@ class Config:
         adv_ratio: weight of the adversarial loss; the clean loss gets 1 - adv_ratio.
         bf16: bfloat16 autocast for training; None (auto) turns it on for GPUs that support it and
             for CPUs with AMX or AVX-512 BF16 instructions, where it is fast (1.6x float32 on a
-            2-core AVX-512 BF16 EPYC, BENCHMARKS.md), and off elsewhere (on an AVX2-only CPU it is ~10x slower).
+            2-core AVX-512 BF16 EPYC, BENCHMARKS.md), and off elsewhere (on an AVX2-only CPU it
+            is ~10x slower).
         device: auto, cpu, cuda or cuda:N.
         out_dir: where checkpoints and the log go.
     """
