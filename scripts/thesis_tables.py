@@ -25,14 +25,15 @@ def pct(value: float | None) -> str:
 
 def table41(report: dict) -> str:
     rows = report["metrics"]
-    n, cw_n, eot_n = (int(next(iter(rows.values()))[k]) for k in ("n", "cw_n", "eot_n"))
-    lines = [f"Measured ({n:,} test images; C&W on the first {cw_n:,}, EOT-PGD on the first {eot_n:,}):", "",
-             "| defense | clean | " + " | ".join(f"FGSM {e}" for e in FGSM) + " | PGD | EOT-PGD | C&W acc | C&W ASR |",
-             "|" + " --- |" * 12]
+    lines = ["Measured (percent; `n`: test images, C&W and EOT-PGD on the first `cw_n` and `eot_n` of them):", "",
+             "| defense | n | clean | " + " | ".join(f"FGSM {e}" for e in FGSM)
+             + " | PGD | EOT-PGD (eot_n) | C&W acc (cw_n) | C&W ASR |", "|" + " --- |" * 13]
     for method, m in rows.items():
-        cells = [m.get("clean_acc")] + [m.get(f"fgsm_{e}_acc") for e in FGSM] + \
-                [m.get("pgd_acc"), m.get("eot_pgd_acc"), m.get("cw_acc"), m.get("cw_asr")]
-        lines.append(f"| {NAMES[method]} | " + " | ".join(pct(c) for c in cells) + " |")
+        cells = [m.get("clean_acc")] + [m.get(f"fgsm_{e}_acc") for e in FGSM] + [m.get("pgd_acc")]
+        eot = f"{pct(m['eot_pgd_acc'])} ({int(m['eot_n']):,})" if "eot_pgd_acc" in m else "-"
+        cw = f"{pct(m['cw_acc'])} ({int(m['cw_n']):,})" if "cw_acc" in m else "-"
+        lines.append(f"| {NAMES[method]} | {int(m['n']):,} | " + " | ".join(pct(c) for c in cells)
+                     + f" | {eot} | {cw} | {pct(m.get('cw_asr'))} |")
     lines += ["", "Beside the thesis' Table 4.1 (thesis / here):", "",
               "| defense | clean | PGD acc | C&W ASR | C&W acc |", "| --- | --- | --- | --- | --- |"]
     for method, m in rows.items():
