@@ -256,7 +256,7 @@ class TrialLogger(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
-        error = trial.get_error() or "the trial failed without an error message"
+        error = trial_error(trial)
         self.client.log_text(run_id, str(error), "error.txt")
         last = [line for line in str(error).strip().splitlines() if line.strip()]
         self.client.set_tag(run_id, "error", (last[-1] if last else "error")[:5000])
@@ -268,6 +268,15 @@ class TrialLogger(tune.Callback):
                                 "the resumed search ran another trial in its place")
             self.client.set_terminated(run.info.run_id, status="KILLED")
         close_interrupted(self.client, self.experiment_id, self.parent_id)
+
+
+def trial_error(trial) -> str:
+    """The trial's error trace. Ray writes it into the driver's copy of the trial folder and syncs
+    that to ``--storage`` later; ``Trial.get_error`` reads storage and can find nothing yet."""
+    local = trial.error_file
+    if local and os.path.isfile(local):
+        return Path(local).read_text(encoding="utf-8", errors="replace")
+    return trial.get_error() or "the trial failed without an error message"
 
 
 def last_step(client: MlflowClient, run_id: str) -> int:
