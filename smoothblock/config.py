@@ -56,6 +56,8 @@ class Config:
         recipe: fast (SGD Nesterov, one-cycle, 100 epochs) or paper (thesis Section 4.1:
             Adam 1e-3, batch 128, 200 epochs, lr x0.1 at 80 and x0.5 at 180).
         epochs, batch_size, lr, weight_decay, label_smoothing: None takes the recipe's value.
+        cutout: side of the square Cutout (DeVries & Taylor 2017) fills in each training image, on
+            top of crop and flip; 0 for none.
         adv_training: none, fgsm or pgd (adversarial examples injected during training).
         adv_eps, adv_alpha, adv_steps: the training attack (PGD uses all three).
         adv_ratio: weight of the adversarial loss; the clean loss gets 1 - adv_ratio.
@@ -90,6 +92,7 @@ class Config:
     lr: float | None = None
     weight_decay: float | None = None
     label_smoothing: float | None = None
+    cutout: int = 0
     adv_training: str = "none"
     adv_eps: float = 8 / 255
     adv_alpha: float = 2 / 255
@@ -136,6 +139,8 @@ class Config:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.cutout < 0:
+            raise ConfigError(f"cutout must be >= 0, got {self.cutout}")
         if self.val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
         if self.method != "none" and not self.positions:

@@ -189,13 +189,21 @@ def iterate_batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool = 
         yield to_float(dataset.images[idx], device), dataset.labels[idx].to(device, non_blocking=True)
 
 
-def augment(x: torch.Tensor, *, padding: int = 4, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, on a whole batch at once.
+def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0,
+            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random crop with zero padding, random horizontal flip and optional Cutout, on a whole batch.
+
+    Cutout (DeVries & Taylor 2017, "Improved Regularization of Convolutional Neural Networks with
+    Cutout") fills one ``cutout`` x ``cutout`` square per image, centred anywhere in the image and
+    clipped at its border, with the batch's per-channel mean. The paper fills with zero after
+    normalisation, i.e. with the data's mean; the batch mean is that without knowing the data.
 
     Args:
-        x: images (N, C, H, W).
+        x: images (N, C, H, W) in [0, 1].
         padding: pixels of zero padding before cropping back to H x W.
-        generator: CPU generator for the offsets and flips.
+        cutout: side of the square; 0 for none (and then no random numbers are drawn for it, so
+            runs without Cutout draw exactly what they drew before it existed).
+        generator: CPU generator for the offsets, flips and squares.
 
     Returns:
         Augmented images, same shape.
@@ -210,5 +218,15 @@ def augment(x: torch.Tensor, *, padding: int = 4, generator: torch.Generator | N
     cols = torch.where(flip[:, None], cols.flip(1), cols)
     batch = torch.arange(n, device=x.device)[:, None, None]
     # Advanced indexing gathers every crop at once: result (N, H, W, C) -> (N, C, H, W).
-    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous(memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+    if cutout > 0:
+        cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
+        cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
+        top, left = cy - cutout // 2, cx - cutout // 2
+        ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+        inside_rows = (ys >= top[:, None]) & (ys < top[:, None] + cutout)
+        inside_cols = (xs >= left[:, None]) & (xs < left[:, None] + cutout)
+        square = (inside_rows[:, :, None] & inside_cols[:, None, :])[:, None]  # (N, 1, H, W)
+        out = torch.where(square, x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1), out)
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

@@ -93,7 +93,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     for i, (images, labels) in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
-        images = augment(images, generator=generator).contiguous(memory_format=torch.channels_last)
+        images = augment(images, cutout=cfg.cutout, generator=generator).contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if cfg.adv_training != "none":
                 adv = _adversarial(model, images, labels, cfg)

@@ -48,6 +48,7 @@ def test_passes_counts_the_inference_cost():
     ({"ensemble": 0}, "ensemble must be >= 1"),
     ({"positions": [1, 1]}, "positions must not repeat"),
     ({"lr": -1.0}, "lr must be > 0"),
+    ({"cutout": -1}, "cutout must be >= 0"),
 ])
 def test_bad_configurations(data, msg):
     with pytest.raises(ConfigError, match=msg):

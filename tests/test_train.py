@@ -73,6 +73,34 @@ def test_label_smoothing_overrides_the_recipe():
     assert resolve_recipe(Config(label_smoothing=0.1)).label_smoothing == 0.1
 
 
+def test_cutout_fills_one_clipped_square_per_image_with_the_batch_mean():
+    from smoothblock.data import augment
+
+    x = torch.rand(256, 3, 32, 32)
+    plain = augment(x, generator=torch.Generator().manual_seed(0))
+    # cutout 0 draws nothing more, so earlier runs' augmentations are unchanged
+    assert torch.equal(plain, augment(x, cutout=0, generator=torch.Generator().manual_seed(0)))
+    cut = augment(x, cutout=8, generator=torch.Generator().manual_seed(0))
+    mean = x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    filled = (cut != plain).any(1)
+    assert ((cut == plain) | (cut == mean)).all()
+    for mask in filled:  # one axis-aligned square, at most 8 x 8, clipped at the border
+        rows, cols = mask.any(1).nonzero().flatten(), mask.any(0).nonzero().flatten()
+        assert 4 <= len(rows) <= 8 and 4 <= len(cols) <= 8
+        assert mask.sum() == len(rows) * len(cols)
+        assert rows.max() - rows.min() + 1 == len(rows) and cols.max() - cols.min() + 1 == len(cols)
+
+
+def test_cutout_changes_training_and_a_run_cannot_resume_with_another(tiny_config, tmp_path):
+    plain = train(tiny_config.replace(epochs=1, method="none", out_dir=str(tmp_path / "plain")), progress=False)
+    cut = train(tiny_config.replace(epochs=1, method="none", cutout=16, out_dir=str(tmp_path / "cut")),
+                progress=False)
+    assert plain.history[0]["train_loss"] != cut.history[0]["train_loss"]
+    with pytest.raises(CheckpointError, match="another configuration"):
+        train(tiny_config.replace(epochs=2, method="none", cutout=8, out_dir=str(tmp_path / "cut")),
+              resume=True, progress=False)
+
+
 @pytest.mark.parametrize("adv_training", ["fgsm", "pgd"])
 def test_adversarial_training_with_the_regulariser(tiny_config, adv_training):
     cfg = tiny_config.replace(epochs=1, adv_training=adv_training, adv_steps=2, defense_at="both")
