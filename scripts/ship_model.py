@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     source = DATA_SOURCES.get(cfg.data, FOLDER_SOURCE.format(data=cfg.data))
     rows = "\n".join(f"| {h['epoch']} | {h['lr']:.4f} | {h['train_loss']:.4f} | {100 * h['train_acc']:.2f} | "
                      f"{100 * h['val_acc']:.2f} | {h['seconds']:.0f} |" for h in history)
+    cutout = (f", then Cutout {cfg.cutout} px (DeVries & Taylor 2017; one square per image, filled with "
+              "the batch's per-channel mean)" if cfg.cutout else "")
     card = f"""# {args.name}
 
 A plain {cfg.arch} for CIFAR-10 (He et al. 2016, option-A shortcuts; {sum(t.numel() for t in state_dict.values()):,}
@@ -86,7 +88,7 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
 - Training images: {len(splits.train):,}, i.e. the training set minus the validation split that
   searches score on ({cfg.val_size:,} images carved with `split_seed: {cfg.split_seed}`): no search ever
   scores on an image this model was trained on. The test split was never read during training.
-- Augmentation: random crop with 4 pixels of zero padding and horizontal flip, on tensors.
+- Augmentation: random crop with 4 pixels of zero padding and horizontal flip{cutout}, on tensors.
 
 ## Training
 - Command: `{args.command}` (resumable with `--resume`; every epoch re-seeds from `(seed, epoch)`,
