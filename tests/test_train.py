@@ -51,11 +51,15 @@ def test_existing_checkpoint_needs_resume_and_resume_needs_the_same_config(tiny_
 
 
 def test_a_run_moved_to_another_folder_resumes_and_may_be_lengthened(tiny_config, tmp_path):
-    first = tiny_config.replace(epochs=1, out_dir=str(tmp_path / "here"))
+    first = tiny_config.replace(epochs=2, out_dir=str(tmp_path / "here"))
     train(first, progress=False)
     (tmp_path / "here").rename(tmp_path / "there")
-    resumed = train(first.replace(epochs=2, out_dir=str(tmp_path / "there")), resume=True, progress=False)
-    assert [h["epoch"] for h in resumed.history] == [1, 2]
+    resumed = train(first.replace(epochs=4, out_dir=str(tmp_path / "there")), resume=True, progress=False)
+    lrs = [h["lr"] for h in resumed.history]
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3, 4]
+    # The schedule is recomputed for 4 epochs: after ending near zero, the learning rate rises
+    # again (a warm restart, as README and the model card say) and falls to zero by epoch 4.
+    assert lrs[2] > lrs[1] and lrs[3] < lrs[2]
 
 
 def test_init_state_starts_from_given_weights(tiny_config):
