@@ -80,13 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     if restarts:
         first = restarts[0]
         lr_then = history[first - 1]["lr"]
-        schedule = (f"{first - 1} epochs, then lengthened to {recipe.epochs} by `--resume` with `--epochs "
-                    f"{recipe.epochs}`: the schedule was recomputed for {recipe.epochs} epochs, so at epoch {first} "
-                    f"the learning rate rose from zero to {lr_then:.3f} (a warm restart) and fell by cosine to "
-                    f"zero again. This is not the same as an uninterrupted {recipe.epochs}-epoch run")
+        schedule = f"{first - 1} epochs, then lengthened to {recipe.epochs} (below)"
+        lengthened = (f"\n- Lengthened: after {first - 1} epochs the finished run was resumed with `--epochs "
+                      f"{recipe.epochs}`. The learning rate follows the schedule recomputed for {recipe.epochs} "
+                      f"epochs, so at epoch {first} it rose from zero to {lr_then:.3f} (a warm restart) and "
+                      f"fell by cosine to zero again: not the same as an uninterrupted {recipe.epochs}-epoch run.")
         resumable = "resumable with `--resume`"
     else:
-        schedule = f"{recipe.epochs} epochs"
+        schedule, lengthened = f"{recipe.epochs} epochs", ""
         resumable = ("resumable with `--resume`; every epoch re-seeds from `(seed, epoch)`,\n  so a resumed "
                      "run with the same `epochs` equals an uninterrupted one")
     cutout = (f", then Cutout {cfg.cutout} px (DeVries & Taylor 2017; one square per image, filled with "
@@ -118,7 +119,7 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
 - Recipe `{recipe.name}`: SGD with Nesterov momentum 0.9, batch {recipe.batch_size}, one-cycle learning rate
   (linear warm-up over the first 15% of steps to {recipe.lr}, then cosine to zero), weight decay
   {recipe.weight_decay} on weights (none on batch-norm parameters and biases), label smoothing
-  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.
+  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.{lengthened}
 - Hardware: {args.hardware}. Training time: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over epochs).{note}
 - Weights: `{target.name}` (safetensors, configuration in its metadata; sha256 `{digest}`).
 
