@@ -76,20 +76,27 @@ def main(argv: list[str] | None = None) -> int:
     source = DATA_SOURCES.get(cfg.data, FOLDER_SOURCE.format(data=cfg.data))
     rows = "\n".join(f"| {h['epoch']} | {h['lr']:.4f} | {h['train_loss']:.4f} | {100 * h['train_acc']:.2f} | "
                      f"{100 * h['val_acc']:.2f} | {h['seconds']:.0f} |" for h in history)
-    restarts = lengthened_at(history)
+    restarts = lengthened_at(history[:recipe.epochs - recipe.swa_epochs])
     if restarts:
         first = restarts[0]
         lr_then = history[first - 1]["lr"]
-        schedule = f"{first - 1} epochs, then lengthened to {recipe.epochs} (below)"
+        schedule = f"{first - 1} epochs, then lengthened to {recipe.epochs - recipe.swa_epochs} (below)"
         lengthened = (f"\n- Lengthened: after {first - 1} epochs the finished run was resumed with `--epochs "
                       f"{recipe.epochs}`. The learning rate follows the schedule recomputed for {recipe.epochs} "
                       f"epochs, so at epoch {first} it rose from zero to {lr_then:.3f} (a warm restart) and "
                       f"fell by cosine to zero again: not the same as an uninterrupted {recipe.epochs}-epoch run.")
         resumable = "resumable with `--resume`"
     else:
-        schedule, lengthened = f"{recipe.epochs} epochs", ""
+        schedule, lengthened = f"{recipe.epochs - recipe.swa_epochs} epochs", ""
+    if recipe.swa_epochs:
+        schedule += f", then {recipe.swa_epochs} epochs of SWA (below)"
         resumable = ("resumable with `--resume`; every epoch re-seeds from `(seed, epoch)`,\n  so a resumed "
                      "run with the same `epochs` equals an uninterrupted one")
+    swa = (f"\n- Stochastic Weight Averaging (Izmailov et al. 2018): the last {recipe.swa_epochs} epochs ran at "
+           f"the constant learning rate {recipe.swa_lr}; the shipped weights are the average of their "
+           f"{recipe.swa_epochs} end-of-epoch weights, with batch-norm statistics recomputed on the training images "
+           "(no augmentation). The log's validation accuracy in those epochs is the average's."
+           if recipe.swa_epochs else "")
     cutout = (f", then Cutout {cfg.cutout} px (DeVries & Taylor 2017; one square per image, filled with "
               "the batch's per-channel mean)" if cfg.cutout else "")
     card = f"""# {args.name}
@@ -119,7 +126,7 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
 - Recipe `{recipe.name}`: SGD with Nesterov momentum 0.9, batch {recipe.batch_size}, one-cycle learning rate
   (linear warm-up over the first 15% of steps to {recipe.lr}, then cosine to zero), weight decay
   {recipe.weight_decay} on weights (none on batch-norm parameters and biases), label smoothing
-  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.{lengthened}
+  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.{lengthened}{swa}
 - Hardware: {args.hardware}. Training time: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over epochs).{note}
 - Weights: `{target.name}` (safetensors, configuration in its metadata; sha256 `{digest}`).
 

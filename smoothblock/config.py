@@ -58,6 +58,15 @@ class Config:
         epochs, batch_size, lr, weight_decay, label_smoothing: None takes the recipe's value.
         cutout: side of the square Cutout (DeVries & Taylor 2017) fills in each training image, on
             top of crop and flip; 0 for none.
+        swa_epochs: Stochastic Weight Averaging (Izmailov et al. 2018, "Averaging Weights Leads to
+            Wider Optima and Better Generalization"): the last swa_epochs of the epochs run at the
+            constant learning rate swa_lr, after the recipe's schedule has run its course over
+            the epochs before them; the weights at the end of each of these epochs are averaged,
+            and the average, with its batch-norm statistics recomputed, is the run's model.
+            0 for none. A finished run lengthened by --resume with epochs + N and swa_epochs N
+            keeps its schedule exactly and averages the N new epochs.
+        swa_lr: the constant learning rate of the SWA epochs; None: half the recipe's lr (the
+            SWA paper's ResNets on CIFAR: 0.1 then 0.05).
         adv_training: none, fgsm or pgd (adversarial examples injected during training).
         adv_eps, adv_alpha, adv_steps: the training attack (PGD uses all three).
         adv_ratio: weight of the adversarial loss; the clean loss gets 1 - adv_ratio.
@@ -93,6 +102,8 @@ class Config:
     weight_decay: float | None = None
     label_smoothing: float | None = None
     cutout: int = 0
+    swa_epochs: int = 0
+    swa_lr: float | None = None
     adv_training: str = "none"
     adv_eps: float = 8 / 255
     adv_alpha: float = 2 / 255
@@ -141,6 +152,10 @@ class Config:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.cutout < 0:
             raise ConfigError(f"cutout must be >= 0, got {self.cutout}")
+        if self.swa_epochs < 0:
+            raise ConfigError(f"swa_epochs must be >= 0, got {self.swa_epochs}")
+        if self.swa_lr is not None and self.swa_lr <= 0:
+            raise ConfigError(f"swa_lr must be > 0, got {self.swa_lr}")
         if self.val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
         if self.method != "none" and not self.positions:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
 from .checkpoint import load_state_into, load_training_state, save_training_state, save_weights
@@ -117,6 +118,20 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
 
 
 @torch.no_grad()
+def recompute_batch_norm(model: nn.Module, dataset, device: torch.device, batch_size: int = 512,
+                         bf16: bool = False) -> None:
+    """Recompute ``model``'s batch-norm statistics in place from one pass over ``dataset``
+    (torch's ``update_bn``: an equal-weight average over the batches), as SWA needs for averaged
+    weights. The images go in without augmentation, so the statistics are those of the clean
+    images the model will be evaluated on, not of Cutout's masked ones."""
+    batches = (images.contiguous(memory_format=torch.channels_last)
+               for images, _ in iterate_batches(dataset, batch_size, device=device))
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        update_bn(batches, model)
+    model.eval()
+
+
+@torch.no_grad()
 def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 512, bf16: bool = False) -> float:
     """Clean accuracy of ``model`` (in eval mode) on a TensorDataset."""
     model.eval()
@@ -155,10 +170,11 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         saved = Config.from_yaml(state["config"], source=f"configuration in {state_path}")
         # A run may move (another folder, another machine, another device) and be lengthened; a
         # machine without fast bfloat16 may go on in float32.
-        movable = dict(epochs=cfg.epochs, out_dir=cfg.out_dir, device=cfg.device, bf16=cfg.bf16)
+        movable = dict(epochs=cfg.epochs, out_dir=cfg.out_dir, device=cfg.device, bf16=cfg.bf16,
+                       swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
         if saved.replace(**movable) != cfg:
-            raise CheckpointError(f"{state_path} was written for another configuration; "
-                                  "only epochs, out_dir, device and bf16 may change on --resume")
+            raise CheckpointError(f"{state_path} was written for another configuration; only epochs, "
+                                  "swa_epochs, swa_lr, out_dir, device and bf16 may change on --resume")
     elif state_path.exists():
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
     device = resolve_device(cfg.device)
@@ -180,22 +196,37 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         log.info("resuming %s at epoch %d", out, start_epoch + 1)
+    swa_start = recipe.epochs - recipe.swa_epochs
+    averaged = AveragedModel(model) if recipe.swa_epochs else None
+    if averaged is not None and state is not None and "swa_model" in state:
+        averaged.load_state_dict(state["swa_model"])
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
         metrics = train_one_epoch(model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16)
-        metrics["val_acc"] = accuracy(model, splits.val, device, bf16=bf16)
+        result = model
+        if averaged is not None and epoch >= swa_start:
+            averaged.update_parameters(model)
+            result = averaged.module
+            recompute_batch_norm(result, splits.train, device, bf16=bf16)
+            metrics["swa_models"] = int(averaged.n_averaged)
+        metrics["val_acc"] = accuracy(result, splits.val, device, bf16=bf16)
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                        seconds=round(time.perf_counter() - started, 2))
         history.append(metrics)
-        save_training_state(state_path, {"config": cfg.to_yaml(), "epoch": epoch + 1, "history": history,
-                                         "model": model.state_dict(), "optimizer": optimizer.state_dict()})
+        training_state = {"config": cfg.to_yaml(), "epoch": epoch + 1, "history": history,
+                          "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+        if result is not model:
+            training_state["swa_model"] = averaged.state_dict()
+        save_training_state(state_path, training_state)
         (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
         log.info("epoch %d/%d %s", epoch + 1, recipe.epochs,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch",)))
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, metrics, model)
+            on_epoch_end(epoch + 1, metrics, result)
+    if averaged is not None and averaged.n_averaged > 0:
+        model = averaged.module
     weights = out / "model.safetensors"
     save_weights(weights, model.state_dict(), cfg)
     return TrainResult(model=model.eval(), history=history, weights_path=weights)
