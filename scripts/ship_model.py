@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     swa = (f"\n- Stochastic Weight Averaging (Izmailov et al. 2018): the last {recipe.swa_epochs} epochs ran at "
            f"the constant learning rate {recipe.swa_lr}; the shipped weights are the average of their "
            f"{recipe.swa_epochs} end-of-epoch weights, with batch-norm statistics recomputed on the training images "
-           "(no augmentation). The log's validation accuracy in those epochs is the average's."
+           "(augmented as in training). The log's validation accuracy in those epochs is the average's."
            if recipe.swa_epochs else "")
     cutout = (f", then Cutout {cfg.cutout} px (DeVries & Taylor 2017; one square per image, filled with "
               "the batch's per-channel mean)" if cfg.cutout else "")

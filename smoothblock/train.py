@@ -118,14 +118,18 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
 
 
 @torch.no_grad()
-def recompute_batch_norm(model: nn.Module, dataset, device: torch.device, batch_size: int = 512,
+def recompute_batch_norm(model: nn.Module, dataset, cfg: Config, device: torch.device, batch_size: int = 512,
                          bf16: bool = False) -> None:
     """Recompute ``model``'s batch-norm statistics in place from one pass over ``dataset``
     (torch's ``update_bn``: an equal-weight average over the batches), as SWA needs for averaged
-    weights. The images go in without augmentation, so the statistics are those of the clean
-    images the model will be evaluated on, not of Cutout's masked ones."""
-    batches = (images.contiguous(memory_format=torch.channels_last)
-               for images, _ in iterate_batches(dataset, batch_size, device=device))
+    weights. The images are augmented as in training (crop, flip, ``cfg.cutout``; one fixed draw
+    from ``cfg.seed``): the weights were learnt under those statistics. Recomputed on the clean
+    images instead, the 220-epoch Cutout ResNet20 fell from 90.14% to 84.90% on the validation
+    split; on augmented ones it kept 90.26%."""
+    generator = torch.Generator().manual_seed(cfg.seed)
+    batches = (augment(images, cutout=cfg.cutout, generator=generator).contiguous(memory_format=torch.channels_last)
+               for images, _ in iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
+                                                device=device))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         update_bn(batches, model)
     model.eval()
@@ -209,7 +213,7 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         if averaged is not None and epoch >= swa_start:
             averaged.update_parameters(model)
             result = averaged.module
-            recompute_batch_norm(result, splits.train, device, bf16=bf16)
+            recompute_batch_norm(result, splits.train, cfg, device, bf16=bf16)
             metrics["swa_models"] = int(averaged.n_averaged)
         metrics["val_acc"] = accuracy(result, splits.val, device, bf16=bf16)
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
