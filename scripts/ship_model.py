@@ -40,6 +40,27 @@ def lengthened_at(history: list[dict[str, float]]) -> list[int]:
     return [h["epoch"] for i, h in enumerate(history) if i > peak and lrs[i] > lrs[i - 1]]
 
 
+def describe_schedule(history: list[dict[str, float]], recipe) -> tuple[str, str, str]:
+    """The card's words for the run's length: (schedule, a "Lengthened" bullet or "", resumability)."""
+    base = recipe.epochs - recipe.swa_epochs
+    restarts = lengthened_at(history[:base])
+    resumable = "resumable with `--resume`"
+    if restarts:
+        first = restarts[0]
+        schedule = f"{first - 1} epochs, then lengthened to {base} (below)"
+        lengthened = (f"\n- Lengthened: after {first - 1} epochs the finished run was resumed with `--epochs "
+                      f"{base}`. The learning rate follows the schedule recomputed for {base} epochs, so at "
+                      f"epoch {first} it rose from zero to {history[first - 1]['lr']:.3f} (a warm restart) and "
+                      f"fell by cosine to zero again: not the same as an uninterrupted {base}-epoch run.")
+    else:
+        schedule, lengthened = f"{base} epochs", ""
+        resumable += ("; every epoch re-seeds from `(seed, epoch)`,\n  so a resumed run with the same "
+                      "`epochs` equals an uninterrupted one")
+    if recipe.swa_epochs:
+        schedule += f", then {recipe.swa_epochs} epochs of SWA (below)"
+    return schedule, lengthened, resumable
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the finished run's out_dir")
@@ -76,22 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     source = DATA_SOURCES.get(cfg.data, FOLDER_SOURCE.format(data=cfg.data))
     rows = "\n".join(f"| {h['epoch']} | {h['lr']:.4f} | {h['train_loss']:.4f} | {100 * h['train_acc']:.2f} | "
                      f"{100 * h['val_acc']:.2f} | {h['seconds']:.0f} |" for h in history)
-    restarts = lengthened_at(history[:recipe.epochs - recipe.swa_epochs])
-    if restarts:
-        first = restarts[0]
-        lr_then = history[first - 1]["lr"]
-        schedule = f"{first - 1} epochs, then lengthened to {recipe.epochs - recipe.swa_epochs} (below)"
-        lengthened = (f"\n- Lengthened: after {first - 1} epochs the finished run was resumed with `--epochs "
-                      f"{recipe.epochs}`. The learning rate follows the schedule recomputed for {recipe.epochs} "
-                      f"epochs, so at epoch {first} it rose from zero to {lr_then:.3f} (a warm restart) and "
-                      f"fell by cosine to zero again: not the same as an uninterrupted {recipe.epochs}-epoch run.")
-        resumable = "resumable with `--resume`"
-    else:
-        schedule, lengthened = f"{recipe.epochs - recipe.swa_epochs} epochs", ""
-    if recipe.swa_epochs:
-        schedule += f", then {recipe.swa_epochs} epochs of SWA (below)"
-        resumable = ("resumable with `--resume`; every epoch re-seeds from `(seed, epoch)`,\n  so a resumed "
-                     "run with the same `epochs` equals an uninterrupted one")
+    schedule, lengthened, resumable = describe_schedule(history, recipe)
     swa = (f"\n- Stochastic Weight Averaging (Izmailov et al. 2018): the last {recipe.swa_epochs} epochs ran at "
            f"the constant learning rate {recipe.swa_lr}; the shipped weights are the average of their "
            f"{recipe.swa_epochs} end-of-epoch weights, with batch-norm statistics recomputed on the training images "

@@ -1,0 +1,33 @@
+"""scripts/ship_model.py's words for how long a run trained: plain, lengthened, with SWA."""
+import sys
+from pathlib import Path
+
+from smoothblock import Config
+from smoothblock.recipes import resolve_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from ship_model import describe_schedule  # noqa: E402
+
+
+def _history(recipe, restart_at=None, steps=10):
+    """Per-epoch end-of-epoch lr, as train logs it; restart_at: the epochs the run first had."""
+    rows = []
+    for epoch in range(recipe.epochs):
+        schedule = recipe if restart_at is None or epoch >= restart_at else resolve_recipe(
+            Config(epochs=restart_at, lr=recipe.lr))
+        rows.append({"epoch": epoch + 1, "lr": schedule.lr_at((epoch + 1) * steps - 1, steps)})
+    return rows
+
+
+def test_a_plain_run_is_said_to_resume_exactly():
+    recipe = resolve_recipe(Config(epochs=20, lr=0.1))
+    schedule, lengthened, resumable = describe_schedule(_history(recipe), recipe)
+    assert (schedule, lengthened) == ("20 epochs", "") and "equals an uninterrupted one" in resumable
+
+
+def test_a_lengthened_run_with_swa_is_said_to_be_a_warm_restart_then_swa():
+    recipe = resolve_recipe(Config(epochs=34, lr=0.1, swa_epochs=4))
+    schedule, lengthened, resumable = describe_schedule(_history(recipe, restart_at=20), recipe)
+    assert schedule == "20 epochs, then lengthened to 30 (below), then 4 epochs of SWA (below)"
+    assert "at epoch 21 it rose from zero" in lengthened and "uninterrupted 30-epoch run" in lengthened
+    assert "equals" not in resumable
