@@ -39,7 +39,9 @@ def _add_field_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) ->
         base = next(a for a in args if a is not type(None)) if type(None) in args else hint
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
         if typing.get_origin(base) is tuple:
-            parser.add_argument(*flags, dest=name, type=int, nargs="+", default=None, metavar="P")
+            item = typing.get_args(base)[0]
+            parser.add_argument(*flags, dest=name, type=item, nargs="+", default=None,
+                                metavar="P" if item is int else "MODEL")
         elif base is bool:
             parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None)
         else:

@@ -67,6 +67,15 @@ class Config:
             keeps its schedule exactly and averages the N new epochs.
         swa_lr: the constant learning rate of the SWA epochs; None: half the recipe's lr (the
             SWA paper's ResNets on CIFAR: 0.1 then 0.05).
+        teachers: knowledge distillation (Hinton et al. 2015, "Distilling the Knowledge in a Neural
+            Network"): shipped model names or checkpoint paths whose averaged softened predictions
+            on each training batch the model also learns from; () for none. The teachers see the
+            same augmented images as the model.
+        distill_weight: weight of the distillation term; the label cross-entropy gets
+            1 - distill_weight (0.9, with distill_temperature 4, is the CIFAR setting of Tian et
+            al. 2020's distillation benchmark, RepDistiller).
+        distill_temperature: the softmax temperature T of both predictions; the term is
+            T^2 KL(teachers || model), Hinton et al.'s scaling, so its gradients keep their size.
         adv_training: none, fgsm or pgd (adversarial examples injected during training).
         adv_eps, adv_alpha, adv_steps: the training attack (PGD uses all three).
         adv_ratio: weight of the adversarial loss; the clean loss gets 1 - adv_ratio.
@@ -104,6 +113,9 @@ class Config:
     cutout: int = 0
     swa_epochs: int = 0
     swa_lr: float | None = None
+    teachers: tuple[str, ...] = ()
+    distill_weight: float = 0.9
+    distill_temperature: float = 4.0
     adv_training: str = "none"
     adv_eps: float = 8 / 255
     adv_alpha: float = 2 / 255
@@ -117,9 +129,9 @@ class Config:
         hints = typing.get_type_hints(type(self))
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name == "positions" and isinstance(value, list):
-                object.__setattr__(self, "positions", tuple(value))
-                value = self.positions
+            if f.name in ("positions", "teachers") and isinstance(value, list):
+                object.__setattr__(self, f.name, tuple(value))
+                value = getattr(self, f.name)
             _check_type(f.name, value, hints[f.name])
             if isinstance(value, int) and not isinstance(value, bool) and hints[f.name] in (float, float | None):
                 object.__setattr__(self, f.name, float(value))
@@ -156,6 +168,12 @@ class Config:
             raise ConfigError(f"swa_epochs must be >= 0, got {self.swa_epochs}")
         if self.swa_lr is not None and self.swa_lr <= 0:
             raise ConfigError(f"swa_lr must be > 0, got {self.swa_lr}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ConfigError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if self.distill_temperature <= 0:
+            raise ConfigError(f"distill_temperature must be > 0, got {self.distill_temperature}")
+        if self.teachers and self.adv_training != "none":
+            raise ConfigError("teachers (distillation) cannot be combined with adv_training")
         if self.val_size < 0:
             raise ConfigError(f"val_size must be >= 0, got {self.val_size}")
         if self.method != "none" and not self.positions:
@@ -201,6 +219,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["positions"] = list(self.positions)
+        d["teachers"] = list(self.teachers)
         return d
 
     @classmethod
@@ -251,8 +270,11 @@ def _check_type(name: str, value: Any, hint: Any) -> None:
     base = next((a for a in args if a is not type(None)), hint) if optional else hint
     origin = typing.get_origin(base)
     if origin is tuple:
-        if not isinstance(value, tuple) or not all(_is_int(v) for v in value):
-            raise ConfigError(f"{name} must be a list of integers, got {value!r}")
+        item = typing.get_args(base)[0]
+        valid = _is_int if item is int else (lambda v: isinstance(v, str))
+        if not isinstance(value, tuple) or not all(valid(v) for v in value):
+            kind = "integers" if item is int else "strings"
+            raise ConfigError(f"{name} must be a list of {kind}, got {value!r}")
         return
     ok = {
         int: _is_int(value),

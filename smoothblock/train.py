@@ -26,6 +26,7 @@ from .checkpoint import load_state_into, load_training_state, save_training_stat
 from .config import Config
 from .data import Splits, augment, iterate_batches, load_splits
 from .defended import build_model
+from .distill import distillation_loss, load_teachers, teacher_probs
 from .errors import CheckpointError, ConfigError
 from .recipes import Recipe, resolve_recipe
 
@@ -90,8 +91,11 @@ def augmented_batches(dataset, batch_size: int, cutout: int, generator: torch.Ge
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, cfg: Config,
                     recipe: Recipe, epoch: int, device: torch.device, progress: bool = True,
-                    bf16: bool = False) -> dict[str, float]:
-    """One pass over the training set; returns train_loss and train_acc of the epoch."""
+                    bf16: bool = False, teachers: list[nn.Module] | None = None) -> dict[str, float]:
+    """One pass over the training set; returns train_loss and train_acc of the epoch.
+
+    With ``teachers`` (eval-mode models), the loss is (1 - ``cfg.distill_weight``) x the label
+    cross-entropy + ``cfg.distill_weight`` x the distillation term (:mod:`smoothblock.distill`)."""
     model.train()
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)
@@ -114,6 +118,10 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
             else:
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+                if teachers:
+                    soft = teacher_probs(teachers, images, cfg.distill_temperature)
+                    loss = ((1 - cfg.distill_weight) * loss
+                            + cfg.distill_weight * distillation_loss(logits, soft, cfg.distill_temperature))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
         optimizer.zero_grad(set_to_none=True)
@@ -191,6 +199,7 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     device = resolve_device(cfg.device)
     recipe = resolve_recipe(cfg)
     bf16 = use_bf16(cfg, device)
+    teachers = load_teachers(cfg.teachers, cfg.num_classes, device)  # before the data: fail fast
     if splits is None:
         splits = load_splits(cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed, subset=cfg.subset,
                              cache_dir=cfg.cache_dir, need_test=False)
@@ -215,7 +224,7 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     cfg.save(out / "config.yaml")
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16)
+        metrics = train_one_epoch(model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16, teachers)
         result = model
         if averaged is not None and epoch >= swa_start:
             averaged.update_parameters(model)

@@ -58,6 +58,10 @@ def test_train_then_evaluate_through_the_cli(capsys, tmp_path, image_folder):
     ("block_size: 0\n", "block_size must be >= 1"),
     ("label_smoothing: 1.0\n", "label_smoothing must be in [0, 1)"),
     ("positions: [7]\n", "position 7 does not exist"),
+    ("teachers: [1]\n", "teachers must be a list of strings"),
+    ("teachers: [nope.safetensors]\n", "nope.safetensors is neither a shipped model"),
+    ("distill_weight: 1.5\n", "distill_weight must be in [0, 1]"),
+    ("distill_temperature: 0\n", "distill_temperature must be > 0"),
     ("positions: [4]\nblock_size: 11\n", "block_size 11 is larger than the 8x8 feature map"),
 ])
 def test_bad_configuration(capsys, tmp_path, text, message):
