@@ -1,4 +1,7 @@
 """Knowledge distillation: the loss, and training from teachers."""
+import sys
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 
@@ -59,3 +62,18 @@ def test_teachers_through_the_cli(tmp_path, image_folder, tiny_config):
     assert main(argv) == 0
     saved = Config.load(tmp_path / "run" / "config.yaml")
     assert saved.teachers == (str(teacher.weights_path),) and saved.distill_weight == 0.5
+
+
+def test_teacher_ensemble_scores_each_model_and_their_average_on_validation(tmp_path, image_folder, tiny_config,
+                                                                           capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from teacher_ensemble import main as ensemble_main
+
+    paths = [str(train(tiny_config.replace(method="none", epochs=1, seed=seed, out_dir=str(tmp_path / f"t{seed}")),
+                       progress=False).weights_path) for seed in (0, 1)]
+    assert ensemble_main([*paths, "--data", str(image_folder), "--val_size", "20"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("  ", 1)[1] for line in lines] == [paths[0], paths[1], f"{paths[0]} + {paths[1]}"]
+    assert all(0 <= float(line.split("%")[0]) <= 100 for line in lines)
+    assert ensemble_main([str(tmp_path / "nope.safetensors"), "--data", str(image_folder), "--val_size", "20"]) == 2
+    assert "neither a shipped model" in capsys.readouterr().err
