@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError
+from .hub import load_model
 
 
 @torch.no_grad()
@@ -37,8 +38,6 @@ def distillation_loss(logits: torch.Tensor, target_probs: torch.Tensor, temperat
 
 def load_teachers(names: Sequence[str], num_classes: int, device: torch.device) -> list[nn.Module]:
     """The teacher models (eval mode, channels_last, frozen) from shipped names or checkpoint paths."""
-    from .hub import load_model
-
     teachers = []
     for name in names:
         teacher = load_model(name, device=device).to(memory_format=torch.channels_last)
