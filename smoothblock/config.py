@@ -58,6 +58,8 @@ class Config:
         epochs, batch_size, lr, weight_decay, label_smoothing: None takes the recipe's value.
         cutout: side of the square Cutout (DeVries & Taylor 2017) fills in each training image, on
             top of crop and flip; 0 for none.
+        trivial_augment: TrivialAugment (Müller & Hutter 2021; torchvision's TrivialAugmentWide)
+            on each training image before crop, flip and Cutout.
         swa_epochs: Stochastic Weight Averaging (Izmailov et al. 2018, "Averaging Weights Leads to
             Wider Optima and Better Generalization"): the last swa_epochs of the epochs run at the
             constant learning rate swa_lr, after the recipe's schedule has run its course over
@@ -111,6 +113,7 @@ class Config:
     weight_decay: float | None = None
     label_smoothing: float | None = None
     cutout: int = 0
+    trivial_augment: bool = False
     swa_epochs: int = 0
     swa_lr: float | None = None
     teachers: tuple[str, ...] = ()
