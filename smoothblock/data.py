@@ -212,7 +212,7 @@ def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0, trivial_augme
         cutout: side of the square; 0 for none (and then no random numbers are drawn for it, so
             runs without Cutout draw exactly what they drew before it existed).
         trivial_augment: apply TrivialAugment first; False draws nothing for it.
-        generator: CPU generator for the offsets, flips and squares.
+        generator: CPU generator for the offsets, flips, squares and TrivialAugment's seed.
 
     Returns:
         Augmented images, same shape.
