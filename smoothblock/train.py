@@ -142,9 +142,9 @@ def recompute_batch_norm(model: nn.Module, dataset, cfg: Config, device: torch.d
     """Recompute ``model``'s batch-norm statistics in place from one pass over ``dataset``
     (torch's ``update_bn``: an equal-weight average over the batches), as SWA needs for averaged
     weights. The images are augmented as in training (as ``cfg`` says: TrivialAugment, crop, flip,
-    Cutout; one fixed draw from ``cfg.seed``): the weights were learnt under those statistics. Recomputed on the clean
-    images instead, the 220-epoch Cutout ResNet20 fell from 90.14% to 84.90% on the validation
-    split; on augmented ones it kept 90.26%."""
+    Cutout; one fixed draw from ``cfg.seed``): the weights were learnt under those statistics.
+    Recomputed on the clean images instead, the 220-epoch Cutout ResNet20 fell from 90.14% to
+    84.90% on the validation split; on augmented ones it kept 90.26%."""
     generator = torch.Generator().manual_seed(cfg.seed)
     batches = (images for images, _ in augmented_batches(dataset, batch_size, cfg.cutout, generator, device,
                                                          trivial_augment=cfg.trivial_augment))
