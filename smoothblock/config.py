@@ -85,6 +85,10 @@ class Config:
             for CPUs with AMX or AVX-512 BF16 instructions, where it is fast (1.6x float32 on a
             2-core AVX-512 BF16 EPYC, BENCHMARKS.md), and off elsewhere (on an AVX2-only CPU it
             is ~10x slower).
+        compile: train through ``torch.compile`` (TorchInductor's fused kernels): the same
+            model and weights; evaluation stays eager. The first epoch compiles (some 20 s on a
+            GPU). For a ResNet20 at batch 128 on an H200 it was no faster (0.91x eager,
+            BENCHMARKS.md): the host bounds those steps; larger models or batches may gain.
         device: auto, cpu, cuda or cuda:N.
         out_dir: where checkpoints and the log go.
     """
@@ -125,6 +129,7 @@ class Config:
     adv_steps: int = 7
     adv_ratio: float = 0.5
     bf16: bool | None = None
+    compile: bool = False
     device: str = "auto"
     out_dir: str = "runs/train"
 

@@ -27,7 +27,8 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 
 @dataclass(frozen=True)
 class TensorDataset:
-    """Images as uint8 (N, 3, H, W) and labels as int64 (N,), on the CPU."""
+    """Images as uint8 (N, 3, H, W) and labels as int64 (N,), on the CPU unless moved with
+    :meth:`to` (training keeps them on a GPU, 150 MB for CIFAR-10's training images)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -37,6 +38,9 @@ class TensorDataset:
 
     def take(self, index: torch.Tensor | slice) -> TensorDataset:
         return TensorDataset(self.images[index], self.labels[index])
+
+    def to(self, device: torch.device | str) -> TensorDataset:
+        return TensorDataset(self.images.to(device), self.labels.to(device))
 
 
 @dataclass(frozen=True)
@@ -182,7 +186,9 @@ def iterate_batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool = 
                     drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (images float in [0, 1], labels) batches from tensors; no per-image Python work."""
     n = len(dataset)
+    # Drawn on the CPU whatever the device, so that a run shuffles alike on every machine.
     order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    order = order.to(dataset.images.device)
     stop = n - n % batch_size if drop_last else n
     for start in range(0, stop, batch_size):
         idx = order[start:start + batch_size]
@@ -221,9 +227,9 @@ def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0, trivial_augme
         x = _trivial_augment(x, generator)
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    dy = _to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
+    dx = _to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
+    flip = _to_device(torch.rand(n, generator=generator) < 0.5, x.device)
     rows = dy[:, None] + torch.arange(h, device=x.device)
     cols = dx[:, None] + torch.arange(w, device=x.device)
     cols = torch.where(flip[:, None], cols.flip(1), cols)
@@ -231,8 +237,8 @@ def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0, trivial_augme
     # Advanced indexing gathers every crop at once: result (N, H, W, C) -> (N, C, H, W).
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
     if cutout > 0:
-        cy = torch.randint(0, h, (n,), generator=generator).to(x.device)
-        cx = torch.randint(0, w, (n,), generator=generator).to(x.device)
+        cy = _to_device(torch.randint(0, h, (n,), generator=generator), x.device)
+        cx = _to_device(torch.randint(0, w, (n,), generator=generator), x.device)
         top, left = cy - cutout // 2, cx - cutout // 2
         ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
         inside_rows = (ys >= top[:, None]) & (ys < top[:, None] + cutout)
@@ -241,6 +247,14 @@ def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0, trivial_augme
         out = torch.where(square, x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1), out)
     channels_last = x.is_contiguous(memory_format=torch.channels_last)
     return out.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A CPU tensor of random draws onto ``device``; through pinned memory for a GPU, since a copy
+    from ordinary memory waits for the GPU to finish all queued work first."""
+    if device.type != "cuda":
+        return values.to(device)
+    return values.pin_memory().to(device, non_blocking=True)
 
 
 def _trivial_augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +105,11 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     batches = augmented_batches(splits.train, recipe.batch_size, cfg.cutout, generator, device,
                                 drop_last=len(splits.train) >= recipe.batch_size,
                                 trivial_augment=cfg.trivial_augment)
-    loss_sum, correct, seen = 0.0, 0, 0
+    # The running sums stay on the device: reading a GPU number every step would make the CPU wait
+    # for each step to finish before queueing the next.
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
                disable=not progress, leave=False)
     for i, (images, labels) in enumerate(bar):
@@ -124,16 +129,20 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
                     soft = teacher_probs(teachers, images, cfg.distill_temperature)
                     loss = ((1 - cfg.distill_weight) * loss
                             + cfg.distill_weight * distillation_loss(logits, soft, cfg.distill_temperature))
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch + 1}, step {i + 1}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
+        loss_sum += loss.detach().float() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
-    return {"train_loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+        if progress and i % 25 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", acc=f"{correct.item() / seen:.3f}")
+    train_loss = loss_sum.item() / max(seen, 1)
+    # Checked once an epoch, before the epoch's checkpoint is written, so a diverged run never
+    # overwrites the last good one.
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"loss is {train_loss} in epoch {epoch + 1}")
+    return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1)}
 
 
 @torch.no_grad()
@@ -193,10 +202,10 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         # A run may move (another folder, another machine, another device) and be lengthened; a
         # machine without fast bfloat16 may go on in float32.
         movable = dict(epochs=cfg.epochs, out_dir=cfg.out_dir, device=cfg.device, bf16=cfg.bf16,
-                       swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
+                       compile=cfg.compile, swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
         if saved.replace(**movable) != cfg:
             raise CheckpointError(f"{state_path} was written for another configuration; only epochs, "
-                                  "swa_epochs, swa_lr, out_dir, device and bf16 may change on --resume")
+                                  "swa_epochs, swa_lr, out_dir, device, bf16 and compile may change on --resume")
     elif state_path.exists():
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
     device = resolve_device(cfg.device)
@@ -206,9 +215,14 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     if splits is None:
         splits = load_splits(cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed, subset=cfg.subset,
                              cache_dir=cfg.cache_dir, need_test=False)
+    if device.type == "cuda":
+        # Batches are then cut on the GPU, with no copy from the host each step.
+        splits = replace(splits, train=splits.train.to(device), val=splits.val.to(device))
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
     optimizer = recipe.optimizer(model)
+    # Shares the parameters with ``model``: checkpoints, SWA and evaluation use the eager module.
+    step_model = torch.compile(model) if cfg.compile else model
     history: list[dict[str, float]] = []
     start_epoch = 0
     if init_state is not None and state is None:
@@ -227,7 +241,7 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     cfg.save(out / "config.yaml")
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
-        metrics = train_one_epoch(model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16, teachers)
+        metrics = train_one_epoch(step_model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16, teachers)
         result = model
         if averaged is not None and epoch >= swa_start:
             averaged.update_parameters(model)

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -129,6 +130,26 @@ def test_trivial_augment_trains_and_resumes_exactly(tiny_config, tmp_path):
         train(cfg, on_epoch_end=stop_after_first_epoch, progress=False)
     resumed = train(cfg, resume=True, progress=False)
     assert whole.history[-1]["train_loss"] == pytest.approx(resumed.history[-1]["train_loss"], abs=1e-6)
+
+
+def test_compiled_training_matches_eager_and_may_be_switched_on_resume(tiny_config, tmp_path):
+    cfg = tiny_config.replace(method="none", epochs=2, lr=0.01)  # small steps: no chaos to amplify
+    eager = train(cfg.replace(out_dir=str(tmp_path / "eager")), progress=False)
+    compiled = train(cfg.replace(compile=True, out_dir=str(tmp_path / "compiled")), progress=False)
+    # Inductor fuses and reorders float arithmetic, so the same run agrees closely, not bitwise.
+    for a, b in zip(compiled.history, eager.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2)
+    assert compiled.model.state_dict().keys() == eager.model.state_dict().keys()
+    resumed = train(cfg.replace(compile=True, epochs=3, out_dir=str(tmp_path / "eager")), resume=True,
+                    progress=False)
+    assert len(resumed.history) == 3
+
+
+def test_a_diverging_run_fails_before_writing_the_epoch_checkpoint(tiny_config):
+    cfg = tiny_config.replace(method="none", epochs=1, lr=1e30)
+    with pytest.raises(FloatingPointError, match="loss is (nan|inf) in epoch 1"):
+        train(cfg, progress=False)
+    assert not (Path(cfg.out_dir) / "last.pt").exists()
 
 
 def test_cutout_changes_training_and_a_run_cannot_resume_with_another(tiny_config, tmp_path):

@@ -1,0 +1,76 @@
+"""Epoch time of ResNet20 training through ``smoothblock.train.train_one_epoch``, eager against
+``compile: true`` (torch.compile), in the same run.
+
+Protocol: ResNet20 (no defense) and the shipped recipe (fast, batch 128, lr 0.1, Cutout 16, bf16
+where ``use_bf16`` picks it), 45,000 random 32x32 uint8 images with random labels, held where
+``train`` holds them (on the GPU for a GPU). One epoch = shuffling, augmentation, forward, loss,
+backward and optimizer steps, the whole real pipeline. Each mode is warmed up by one epoch (the
+compiled mode compiles in it), then the modes alternate epoch by epoch within each repeat so drift
+hits both; medians; ratio = median(eager) / median(compile).
+
+Run: python benchmarks/bench_epoch.py [--device cuda] [--images 45000] [--repeats 3] [--json OUT]
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+
+from smoothblock import Config, build_model
+from smoothblock.data import Splits, TensorDataset
+from smoothblock.recipes import resolve_recipe
+from smoothblock.train import resolve_device, train_one_epoch, use_bf16
+
+from bench_inference import emit
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--images", type=int, default=45000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    cfg = Config(method="none", recipe="fast", batch_size=128, lr=0.1, cutout=16, epochs=100, device=args.device)
+    recipe, bf16 = resolve_recipe(cfg), use_bf16(cfg, device)
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g),
+                         torch.randint(0, 10, (args.images,), generator=g)).to(device)
+    splits = Splits(data, data.take(slice(0, 0)), data.take(slice(0, 0)), tuple(map(str, range(10))))
+    runs = {}
+    for mode in ("eager", "compile"):
+        torch.manual_seed(0)
+        model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
+        stepped = torch.compile(model) if mode == "compile" else model
+        runs[mode] = (stepped, recipe.optimizer(model))
+
+    def epoch(mode: str, index: int) -> float:
+        sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        sync()
+        started = time.perf_counter()
+        train_one_epoch(*runs[mode], splits, cfg, recipe, index, device, progress=False, bf16=bf16)
+        sync()
+        return time.perf_counter() - started
+
+    warmup = {mode: epoch(mode, 0) for mode in runs}
+    times = {mode: [] for mode in runs}
+    for r in range(args.repeats):
+        for mode in runs:
+            times[mode].append(epoch(mode, 1 + r))
+    medians = {mode: statistics.median(t) for mode, t in times.items()}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+    emit({
+        "machine": f"{name}, {torch.get_num_threads()} CPU threads", "torch": torch.__version__,
+        "device": str(device), "bf16": bf16, "images": args.images, "batch_size": recipe.batch_size,
+        "repeats": args.repeats, "warmup_epoch_s": warmup, "epoch_s": times,
+        "results": {m: {"epoch_s": s, "images_per_s": args.images / s} for m, s in medians.items()},
+        "speedup_compile": medians["eager"] / medians["compile"],
+    }, args.json)
+
+
+if __name__ == "__main__":
+    main()
