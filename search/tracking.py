@@ -128,12 +128,16 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list
 
 
 def start_search_run(client: MlflowClient, name: str, search_yaml: str, params: dict[str, str]) -> tuple[str, str]:
-    """Create the search's experiment and parent run; returns (experiment_id, parent_run_id)."""
-    experiment_id = client.create_experiment(name, tags={ROLE_TAG: "search"})
-    run = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "search"})
-    log_params(client, run.info.run_id, params)
-    client.log_text(run.info.run_id, search_yaml, "search.yaml")
-    return experiment_id, run.info.run_id
+    """Create the search's experiment and parent run, or complete those a driver killed while
+    launching left behind; returns (experiment_id, parent_run_id)."""
+    experiment = find_experiment(client, name)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, tags={ROLE_TAG: "search"})
+    run_id = parent_run_id(client, experiment_id)
+    if run_id is None:
+        run_id = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "search"}).info.run_id
+    log_params(client, run_id, params)
+    client.log_text(run_id, search_yaml, "search.yaml")
+    return experiment_id, run_id
 
 
 def reopen_search_run(client: MlflowClient, name: str) -> tuple[str, str]:

@@ -188,13 +188,17 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     assets = load_assets(search.trainable, search.base, search.model, search.val_images)
     init_ray(address)
     concurrent = search.max_concurrent_trials or check_resources(search)
-    experiment_id, parent_id = tracking.start_search_run(client, name, search.to_yaml(),
-                                                         tracking.flat_params(search.to_dict()))
+    # The configuration is written first: a driver killed from here on leaves a search --resume completes.
+    store.write_text(name, SEARCH_FILE, search.to_yaml())
     try:
+        experiment_id, parent_id = tracking.start_search_run(client, name, search.to_yaml(),
+                                                             tracking.flat_params(search.to_dict()))
         _write_search_files(store, search, uri, experiment_id, parent_id)
         tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent)
     except BaseException:
-        client.delete_experiment(experiment_id)
+        experiment = tracking.find_experiment(client, name)
+        if experiment is not None:
+            client.delete_experiment(experiment.experiment_id)
         store.remove(name)
         raise
     baseline = start_baseline(search, assets, client, parent_id)
@@ -208,7 +212,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     Whenever the driver died, there is something to go on from: Ray's saved experiment state
     (``Tuner.restore``); or, killed before Ray's first save of it, the search's own files (a new Tuner
     under the same name); or, killed before even those, its MLflow parent run, which holds the
-    configuration. Trials MLflow holds as FINISHED report that result instead of running again.
+    configuration; or, killed before that run was complete, the configuration file written first. Trials MLflow holds as FINISHED report that result instead of running again.
     """
     store = Storage.from_arg(storage)
     folder = store.folder(name)
@@ -217,11 +221,18 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     try:
         experiment_id, parent_id = tracking.reopen_search_run(client, name)
     except ConfigError:
-        raise ConfigError(f"no search named {name!r} to resume in {tracking.redact(uri)} or under {store}") from None
+        if not store.exists(name, SEARCH_FILE):
+            raise ConfigError(f"no search named {name!r} to resume in {tracking.redact(uri)} or under {store}") from None
+        # Killed while launching, after writing its configuration but before its MLflow parent run
+        # was complete: complete that now.
+        launched = SearchConfig.from_yaml(store.read_text(name, SEARCH_FILE), source=f"{folder}/{SEARCH_FILE}")
+        experiment_id, parent_id = tracking.start_search_run(client, name, launched.to_yaml(),
+                                                             tracking.flat_params(launched.to_dict()))
     if store.exists(name, SEARCH_FILE):
         search = SearchConfig.from_yaml(store.read_text(name, SEARCH_FILE), source=f"{folder}/{SEARCH_FILE}")
     else:
         search = SearchConfig.from_yaml(tracking.search_yaml(client, parent_id), source=f"search {name!r} in MLflow")
+    if not store.exists(name, STATE_FILE):
         _write_search_files(store, search, uri, experiment_id, parent_id)
     assets = load_assets(search.trainable, search.base, search.model, search.val_images)
     init_ray(address)

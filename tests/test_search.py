@@ -195,3 +195,24 @@ def test_a_step_reported_again_is_logged_once(mlflow_server):
     (run,) = tracking.child_runs(client, experiment_id, parent_id)
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert sorted(history) == [(1, 2.0), (2, 1.5), (3, 1.2)] and run.info.status == "FINISHED"
+
+
+@pytest.mark.parametrize("made", ["configuration", "experiment", "parent run"])
+def test_a_search_killed_while_launching_resumes(tmp_path, image_folder, mlflow_server, local_ray, made):
+    """The launch writes the configuration, then the MLflow experiment, then its parent run: a driver
+    killed after any of those leaves a search that --resume completes (not one that can neither
+    resume nor launch again under its name)."""
+    storage, name = tmp_path / "results", f"launch-kill-{made.replace(' ', '-')}"
+    config = _posthoc(tmp_path, image_folder, trials=2)
+    argv = ["--mlflow-uri", mlflow_server, "--storage", str(storage)]
+    (storage / name).mkdir(parents=True)
+    (storage / name / "smoothblock-search.yaml").write_text(yaml.safe_dump({**yaml.safe_load(open(config)), "name": name}))
+    client = MlflowClient(mlflow_server)
+    if made != "configuration":
+        experiment_id = client.create_experiment(name, tags={"smoothblock.role": "search"})
+    if made == "parent run":
+        client.create_run(experiment_id, run_name=name, tags={"smoothblock.role": "search"})
+    assert main(["search", "--resume", name, *argv]) == 0
+    client, parent, children = _runs(mlflow_server, name)
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    assert {c.info.status for c in children} == {"FINISHED"}
