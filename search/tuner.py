@@ -189,11 +189,12 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     init_ray(address)
     concurrent = search.max_concurrent_trials or check_resources(search)
     # The configuration is written first: a driver killed from here on leaves a search --resume completes.
-    store.write_text(name, SEARCH_FILE, search.to_yaml())
+    search_yaml = search.to_yaml()
+    store.write_text(name, SEARCH_FILE, search_yaml)
     try:
-        experiment_id, parent_id = tracking.start_search_run(client, name, search.to_yaml(),
+        experiment_id, parent_id = tracking.start_search_run(client, name, search_yaml,
                                                              tracking.flat_params(search.to_dict()))
-        _write_search_files(store, search, uri, experiment_id, parent_id)
+        _write_state_file(store, name, uri, experiment_id, parent_id)
         tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent)
     except BaseException:
         experiment = tracking.find_experiment(client, name)
@@ -212,28 +213,31 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     Whenever the driver died, there is something to go on from: Ray's saved experiment state
     (``Tuner.restore``); or, killed before Ray's first save of it, the search's own files (a new Tuner
     under the same name); or, killed before even those, its MLflow parent run, which holds the
-    configuration; or, killed before that run was complete, the configuration file written first. Trials MLflow holds as FINISHED report that result instead of running again.
+    configuration; or, killed before that run was complete, the configuration file written first.
+    Trials MLflow holds as FINISHED report that result instead of running again.
     """
     store = Storage.from_arg(storage)
     folder = store.folder(name)
     uri = _resume_tracking_uri(store, name, mlflow_uri)
     client = tracking.connect(uri)
+    stored = None
+    if store.exists(name, SEARCH_FILE):
+        stored = SearchConfig.from_yaml(store.read_text(name, SEARCH_FILE), source=f"{folder}/{SEARCH_FILE}")
     try:
         experiment_id, parent_id = tracking.reopen_search_run(client, name)
     except ConfigError:
-        if not store.exists(name, SEARCH_FILE):
+        if stored is None:
             raise ConfigError(f"no search named {name!r} to resume in {tracking.redact(uri)} or under {store}") from None
         # Killed while launching, after writing its configuration but before its MLflow parent run
         # was complete: complete that now.
-        launched = SearchConfig.from_yaml(store.read_text(name, SEARCH_FILE), source=f"{folder}/{SEARCH_FILE}")
-        experiment_id, parent_id = tracking.start_search_run(client, name, launched.to_yaml(),
-                                                             tracking.flat_params(launched.to_dict()))
-    if store.exists(name, SEARCH_FILE):
-        search = SearchConfig.from_yaml(store.read_text(name, SEARCH_FILE), source=f"{folder}/{SEARCH_FILE}")
-    else:
+        experiment_id, parent_id = tracking.start_search_run(client, name, stored.to_yaml(),
+                                                             tracking.flat_params(stored.to_dict()))
+    search = stored
+    if search is None:
         search = SearchConfig.from_yaml(tracking.search_yaml(client, parent_id), source=f"search {name!r} in MLflow")
+        store.write_text(name, SEARCH_FILE, search.to_yaml())
     if not store.exists(name, STATE_FILE):
-        _write_search_files(store, search, uri, experiment_id, parent_id)
+        _write_state_file(store, name, uri, experiment_id, parent_id)
     assets = load_assets(search.trainable, search.base, search.model, search.val_images)
     init_ray(address)
     concurrent = search.max_concurrent_trials or check_resources(search)
@@ -276,10 +280,9 @@ def _resume_tracking_uri(store: Storage, name: str, mlflow_uri: str | None) -> s
     return os.environ["MLFLOW_TRACKING_URI"]
 
 
-def _write_search_files(store: Storage, search: SearchConfig, uri: str, experiment_id: str, parent_id: str) -> None:
-    """The search's configuration and where its MLflow records live, beside Ray's results."""
-    store.write_text(search.name, SEARCH_FILE, search.to_yaml())
-    store.write_text(search.name, STATE_FILE, json.dumps({
+def _write_state_file(store: Storage, name: str, uri: str, experiment_id: str, parent_id: str) -> None:
+    """Where the search's MLflow records live, beside Ray's results and its configuration."""
+    store.write_text(name, STATE_FILE, json.dumps({
         "tracking_uri": tracking.redact(uri), "credentials_removed": tracking.redact(uri) != uri,
         "experiment_id": experiment_id, "parent_run_id": parent_id}) + "\n")
 
