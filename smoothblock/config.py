@@ -78,6 +78,9 @@ class Config:
             al. 2020's distillation benchmark, RepDistiller).
         distill_temperature: the softmax temperature T of both predictions; the term is
             T^2 KL(teachers || model), Hinton et al.'s scaling, so its gradients keep their size.
+        sam_rho: Sharpness-Aware Minimization (Foret et al. 2021, :mod:`smoothblock.sam`): each
+            step's gradient is taken at the weights moved by sam_rho along the normalised
+            gradient (two passes a step); 0 for none (plain SGD). The paper's CIFAR value: 0.05.
         adv_training: none, fgsm or pgd (adversarial examples injected during training).
         adv_eps, adv_alpha, adv_steps: the training attack (PGD uses all three).
         adv_ratio: weight of the adversarial loss; the clean loss gets 1 - adv_ratio.
@@ -123,6 +126,7 @@ class Config:
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.9
     distill_temperature: float = 4.0
+    sam_rho: float = 0.0
     adv_training: str = "none"
     adv_eps: float = 8 / 255
     adv_alpha: float = 2 / 255
@@ -168,6 +172,8 @@ class Config:
                 raise ConfigError(f"{name} must be > 0, got {value}")
         if self.weight_decay is not None and self.weight_decay < 0:
             raise ConfigError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if self.sam_rho < 0:
+            raise ConfigError(f"sam_rho must be >= 0, got {self.sam_rho}")
         if self.label_smoothing is not None and not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.cutout < 0:

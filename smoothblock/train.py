@@ -23,6 +23,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
+from . import sam
 from .checkpoint import load_state_into, load_training_state, save_training_state, save_weights
 from .config import Config
 from .data import Splits, augment, iterate_batches, load_splits
@@ -91,6 +92,25 @@ def augmented_batches(dataset, batch_size: int, cutout: int, generator: torch.Ge
         yield images.contiguous(memory_format=torch.channels_last), labels
 
 
+def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, recipe: Recipe,
+          device: torch.device, bf16: bool, teachers: list[nn.Module] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of one batch and the clean logits (N, K) it was computed from."""
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        if cfg.adv_training != "none":
+            adv = _adversarial(model, images, labels, cfg)
+            out_clean, out_adv = model(images), model(adv)
+            loss = ((1 - cfg.adv_ratio) * F.cross_entropy(out_clean, labels, label_smoothing=recipe.label_smoothing)
+                    + cfg.adv_ratio * F.cross_entropy(out_adv, labels, label_smoothing=recipe.label_smoothing))
+            return loss, out_clean
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
+        if teachers:
+            soft = teacher_probs(teachers, images, cfg.distill_temperature)
+            loss = ((1 - cfg.distill_weight) * loss
+                    + cfg.distill_weight * distillation_loss(logits, soft, cfg.distill_temperature))
+        return loss, logits
+
+
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, cfg: Config,
                     recipe: Recipe, epoch: int, device: torch.device, progress: bool = True,
                     bf16: bool = False, teachers: list[nn.Module] | None = None) -> dict[str, float]:
@@ -110,27 +130,23 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
+    params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
                disable=not progress, leave=False)
     for i, (images, labels) in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            if cfg.adv_training != "none":
-                adv = _adversarial(model, images, labels, cfg)
-                out_clean, out_adv = model(images), model(adv)
-                loss = ((1 - cfg.adv_ratio) * F.cross_entropy(out_clean, labels, label_smoothing=recipe.label_smoothing)
-                        + cfg.adv_ratio * F.cross_entropy(out_adv, labels, label_smoothing=recipe.label_smoothing))
-                logits = out_clean
-            else:
-                logits = model(images)
-                loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
-                if teachers:
-                    soft = teacher_probs(teachers, images, cfg.distill_temperature)
-                    loss = ((1 - cfg.distill_weight) * loss
-                            + cfg.distill_weight * distillation_loss(logits, soft, cfg.distill_temperature))
         optimizer.zero_grad(set_to_none=True)
+        loss, logits = _loss(model, images, labels, cfg, recipe, device, bf16, teachers)
         loss.backward()
+        if cfg.sam_rho > 0:
+            # Foret et al. 2021, Eq. 3: the update uses the gradient at the worst weights within
+            # sam_rho; the second pass's loss is not the one reported.
+            steps = sam.ascend(params, cfg.sam_rho)
+            optimizer.zero_grad(set_to_none=True)
+            with sam.frozen_batch_norm_stats(model):
+                _loss(model, images, labels, cfg, recipe, device, bf16, teachers)[0].backward()
+            sam.descend_back(steps)
         optimizer.step()
         loss_sum += loss.detach().float() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
