@@ -1,7 +1,7 @@
 # One device call: data, then .gpu/sweep.py. Usage (repo root): bash .gpu/run.sh
 set -u
 T0=$(date +%s)
-export PYTHONUNBUFFERED=1 SMOOTHBLOCK_CACHE=/tmp/sbcache DEADLINE=$((T0 + ${BUDGET:-545}))
+export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 SMOOTHBLOCK_CACHE=/tmp/sbcache DEADLINE=$((T0 + ${BUDGET:-545}))
 OUT=${OUT:-/tmp/out}; export OUT; mkdir -p $OUT
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD

@@ -5,13 +5,12 @@ OUT = os.environ.get("OUT", "/tmp/out")
 DEADLINE = float(os.environ["DEADLINE"])          # unix time by which training must stop
 EXTRA = os.environ.get("EXTRA", "").split()        # e.g. --subset 2000 --device cpu for a dry run
 CAP = int(os.environ.get("CAP", "300"))
-COMPILE = os.environ.get("COMPILE", "1") == "1"
-RUNS = {
-    "cutout-s0": ["--config", "examples/resnet20-cifar10-cutout.yaml", "--seed", "0"],
-    "cutout-s1": ["--config", "examples/resnet20-cifar10-cutout.yaml", "--seed", "1"],
-    "cutout-s2": ["--config", "examples/resnet20-cifar10-cutout.yaml", "--seed", "2"],
-    "distill-s0": ["--config", "examples/resnet20-cifar10-distill.yaml", "--seed", "0"],
-}
+COMPILE = os.environ.get("COMPILE", "0") == "1"
+# {name: [smoothblock train arguments]}: a JSON file named by $RUNS (default: this folder's runs.json).
+RUNS = json.load(open(os.environ.get("RUNS", os.path.join(os.path.dirname(os.path.abspath(__file__)), "runs.json"))))
+EPOCHS = int(os.environ.get("EPOCHS", "0"))        # > 0: no probe, every run gets this many epochs
+RUN_ROOT = os.environ.get("RUN_ROOT", "runs")     # a dry run elsewhere never meets real runs
+KEEP_STATE = os.environ.get("KEEP_STATE", "0") == "1"  # last.pt too (2 MB a run: the tool caps sizes)
 log = open(os.path.join(OUT, "sweep.log"), "a")
 
 
@@ -62,34 +61,39 @@ def probe(compile_):
     return result
 
 
-compile_ = COMPILE
-found = probe(compile_) if compile_ else None
-if found is None:
-    compile_ = False
-    found = probe(False)
-if found is None:
-    with tarfile.open(os.path.join(OUT, "logs.tar"), "w") as tar:
-        tar.add(os.path.join(OUT, "logs"), arcname="logs")
-    sys.exit("both probes failed")
-json.dump({"compile": compile_, "probe": found}, open(os.path.join(OUT, "probe.json"), "w"), indent=1)
 procs, plan = {}, {}
+compile_ = COMPILE
+if EPOCHS > 0:
+    plan = {n: EPOCHS for n in RUNS}
+else:
+    found = probe(compile_) if compile_ else None
+    if found is None:
+        compile_ = False
+        found = probe(False)
+    if found is None:
+        with tarfile.open(os.path.join(OUT, "logs.tar"), "w") as tar:
+            tar.add(os.path.join(OUT, "logs"), arcname="logs")
+        sys.exit("both probes failed")
+    json.dump({"compile": compile_, "probe": found}, open(os.path.join(OUT, "probe.json"), "w"), indent=1)
+    for n in RUNS:
+        left = DEADLINE - time.time() - found[n]["startup_s"] * (0.6 if compile_ else 1.0) - 15
+        plan[n] = max(20, min(CAP, int(left / (found[n]["epoch_s"] * 1.06))))
 for n, a in RUNS.items():
-    left = DEADLINE - time.time() - found[n]["startup_s"] * (0.6 if compile_ else 1.0) - 15
-    epochs = max(20, min(CAP, int(left / (found[n]["epoch_s"] * 1.06))))
-    plan[n] = epochs
-    procs[n] = launch(n, a, epochs, f"runs/gpu-{n}", compile_)
+    procs[n] = launch(n, a, plan[n], f"{RUN_ROOT}/gpu-{n}", compile_)
 say("plan", json.dumps(plan))
 while any(p.poll() is None for p in procs.values()) and time.time() < DEADLINE:
     time.sleep(2)
 for n, p in procs.items():
     if p.poll() is None:
         p.kill(); p.wait()
-    h = history(f"runs/gpu-{n}")
+    h = history(f"{RUN_ROOT}/gpu-{n}")
     say(n, "rc", p.returncode, "epochs", len(h), "of", plan[n], "last", json.dumps(h[-1]) if h else "-")
 with tarfile.open(os.path.join(OUT, "runs.tar"), "w") as tar:
     for n in RUNS:
-        for f in ("model.safetensors", "log.jsonl", "config.yaml", "last.pt"):
-            path = f"runs/gpu-{n}/{f}"
+        # A run cut by the deadline has no model.safetensors: its last.pt is what can go on.
+        unfinished = not os.path.exists(f"{RUN_ROOT}/gpu-{n}/model.safetensors")
+        for f in ("model.safetensors", "log.jsonl", "config.yaml") + (("last.pt",) if KEEP_STATE or unfinished else ()):
+            path = f"{RUN_ROOT}/gpu-{n}/{f}"
             if os.path.exists(path):
                 tar.add(path)
 with tarfile.open(os.path.join(OUT, "logs.tar"), "w") as tar:
