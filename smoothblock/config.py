@@ -81,6 +81,8 @@ class Config:
         sam_rho: Sharpness-Aware Minimization (Foret et al. 2021, :mod:`smoothblock.sam`): each
             step's gradient is taken at the weights moved by sam_rho along the normalised
             gradient (two passes a step); 0 for none (plain SGD). The paper's CIFAR value: 0.05.
+            With adversarial training, both passes use the adversarial examples made once at
+            the unperturbed weights (as Wu et al. 2020's adversarial weight perturbation does).
         adv_training: none, fgsm or pgd (adversarial examples injected during training).
         adv_eps, adv_alpha, adv_steps: the training attack (PGD uses all three).
         adv_ratio: weight of the adversarial loss; the clean loss gets 1 - adv_ratio.

@@ -93,11 +93,12 @@ def augmented_batches(dataset, batch_size: int, cutout: int, generator: torch.Ge
 
 
 def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, recipe: Recipe,
-          device: torch.device, bf16: bool, teachers: list[nn.Module] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training loss of one batch and the clean logits (N, K) it was computed from."""
+          device: torch.device, bf16: bool, teachers: list[nn.Module] | None,
+          adv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of one batch and the clean logits (N, K) it was computed from; ``adv``:
+    the batch's adversarial examples (N, C, H, W) under adversarial training, else None."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        if cfg.adv_training != "none":
-            adv = _adversarial(model, images, labels, cfg)
+        if adv is not None:
             out_clean, out_adv = model(images), model(adv)
             loss = ((1 - cfg.adv_ratio) * F.cross_entropy(out_clean, labels, label_smoothing=recipe.label_smoothing)
                     + cfg.adv_ratio * F.cross_entropy(out_adv, labels, label_smoothing=recipe.label_smoothing))
@@ -136,16 +137,21 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     for i, (images, labels) in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
+        adv = None
+        if cfg.adv_training != "none":
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                adv = _adversarial(model, images, labels, cfg)
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = _loss(model, images, labels, cfg, recipe, device, bf16, teachers)
+        loss, logits = _loss(model, images, labels, cfg, recipe, device, bf16, teachers, adv)
         loss.backward()
         if cfg.sam_rho > 0:
             # Foret et al. 2021, Eq. 3: the update uses the gradient at the worst weights within
-            # sam_rho; the second pass's loss is not the one reported.
+            # sam_rho, on the same batch (and the same adversarial examples); the second pass's
+            # loss is not the one reported.
             steps = sam.ascend(params, cfg.sam_rho)
             optimizer.zero_grad(set_to_none=True)
             with sam.frozen_batch_norm_stats(model):
-                _loss(model, images, labels, cfg, recipe, device, bf16, teachers)[0].backward()
+                _loss(model, images, labels, cfg, recipe, device, bf16, teachers, adv)[0].backward()
             sam.descend_back(steps)
         optimizer.step()
         loss_sum += loss.detach().float() * len(labels)

@@ -103,3 +103,23 @@ def test_sam_training_differs_from_plain_sgd_and_resumes_exactly(tiny_config, tm
 def test_a_negative_rho_is_refused():
     with pytest.raises(ConfigError, match="sam_rho must be >= 0"):
         Config(sam_rho=-0.1)
+
+
+def test_with_adversarial_training_both_passes_use_the_examples_made_once(tiny_config, tmp_path, monkeypatch):
+    import smoothblock.train as training
+
+    made = []
+    real = training._adversarial
+
+    def counting(model, images, labels, cfg):
+        made.append(len(images))
+        return real(model, images, labels, cfg)
+
+    monkeypatch.setattr(training, "_adversarial", counting)
+    cfg = tiny_config.replace(method="none", epochs=1, adv_training="fgsm")
+    train(cfg.replace(out_dir=str(tmp_path / "sgd")), progress=False)
+    plain = list(made)
+    made.clear()
+    result = train(cfg.replace(sam_rho=0.05, out_dir=str(tmp_path / "sam")), progress=False)
+    assert plain and made == plain  # one attack a step, as without SAM
+    assert 0 < result.history[0]["train_loss"] < 10
