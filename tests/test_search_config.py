@@ -65,8 +65,15 @@ def test_fixed_parameters_are_constants_not_optuna_dimensions():
     assert constants == {"keep_prob": 0.8, "positions": [1, 2]}
 
 
+def test_training_hyperparameters_are_searchable_ranges():
+    space = SearchSpace.from_dict({"lr": {"low": 0.05, "high": 0.2, "log": True}, "sam_rho": {"low": 0.0, "high": 0.1}})
+    for params, _ in _sample(space, Config(), n=5):
+        assert 0.05 <= params["lr"] <= 0.2 and 0.0 <= params["sam_rho"] <= 0.1
+
+
 @pytest.mark.parametrize("space, message", [
     ({"keep_prob": 0.7}, "search space is empty"),
+    ({"sam_rho": {"low": -0.1, "high": 0.1}}, "sam_rho must be >= 0"),
     ({"keep_probability": [0.5, 0.6]}, "unknown parameter 'keep_probability'"),
     ({"data": ["a", "b"]}, "data is not searchable"),
     ({"keep_prob": {"low": 0.9, "high": 0.5}}, "low 0.9 > high 0.5"),
