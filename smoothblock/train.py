@@ -93,10 +93,11 @@ def augmented_batches(dataset, batch_size: int, cutout: int, generator: torch.Ge
 
 
 def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, recipe: Recipe,
-          device: torch.device, bf16: bool, teachers: list[nn.Module] | None,
-          adv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training loss of one batch and the clean logits (N, K) it was computed from; ``adv``:
-    the batch's adversarial examples (N, C, H, W) under adversarial training, else None."""
+          device: torch.device, bf16: bool, adv: torch.Tensor | None,
+          soft: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training loss of one batch and the clean logits (N, K) it was computed from. ``adv``:
+    the batch's adversarial examples (N, C, H, W) under adversarial training, else None; ``soft``:
+    the teachers' softened probabilities (N, K) under distillation, else None."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         if adv is not None:
             out_clean, out_adv = model(images), model(adv)
@@ -105,8 +106,7 @@ def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Con
             return loss, out_clean
         logits = model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
-        if teachers:
-            soft = teacher_probs(teachers, images, cfg.distill_temperature)
+        if soft is not None:
             loss = ((1 - cfg.distill_weight) * loss
                     + cfg.distill_weight * distillation_loss(logits, soft, cfg.distill_temperature))
         return loss, logits
@@ -137,12 +137,15 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     for i, (images, labels) in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
-        adv = None
-        if cfg.adv_training != "none":
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        # Made once a step: with SAM, both passes learn from the same examples and targets.
+        adv = soft = None
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            if cfg.adv_training != "none":
                 adv = _adversarial(model, images, labels, cfg)
+            elif teachers:
+                soft = teacher_probs(teachers, images, cfg.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = _loss(model, images, labels, cfg, recipe, device, bf16, teachers, adv)
+        loss, logits = _loss(model, images, labels, cfg, recipe, device, bf16, adv, soft)
         loss.backward()
         if cfg.sam_rho > 0:
             # Foret et al. 2021, Eq. 3: the update uses the gradient at the worst weights within
@@ -151,7 +154,7 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
             steps = sam.ascend(params, cfg.sam_rho)
             optimizer.zero_grad(set_to_none=True)
             with sam.frozen_batch_norm_stats(model):
-                _loss(model, images, labels, cfg, recipe, device, bf16, teachers, adv)[0].backward()
+                _loss(model, images, labels, cfg, recipe, device, bf16, adv, soft)[0].backward()
             sam.descend_back(steps)
         optimizer.step()
         loss_sum += loss.detach().float() * len(labels)
