@@ -103,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
            f"{recipe.swa_epochs} end-of-epoch weights, with batch-norm statistics recomputed on the training images "
            "(augmented as in training). The log's validation accuracy in those epochs is the average's."
            if recipe.swa_epochs else "")
+    sam_line = (f"\n- Sharpness-Aware Minimization (Foret et al. 2021, `smoothblock.sam`): every step's gradient "
+                f"is taken at the weights moved {cfg.sam_rho} (L2, all parameters together) along the normalised "
+                "gradient, on the same batch, with the batch-norm running statistics left as the first pass set "
+                "them; two forward and backward passes a step." if cfg.sam_rho else "")
     cutout = (f", then Cutout {cfg.cutout} px (DeVries & Taylor 2017; one square per image, filled with "
               "the batch's per-channel mean)" if cfg.cutout else "")
     card = f"""# {args.name}
@@ -132,7 +136,7 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
 - Recipe `{recipe.name}`: SGD with Nesterov momentum 0.9, batch {recipe.batch_size}, one-cycle learning rate
   (linear warm-up over the first 15% of steps to {recipe.lr}, then cosine to zero), weight decay
   {recipe.weight_decay} on weights (none on batch-norm parameters and biases), label smoothing
-  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.{lengthened}{swa}
+  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.{sam_line}{lengthened}{swa}
 - Hardware: {args.hardware}. Training time: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over epochs).{note}
 - Weights: `{target.name}` (safetensors, configuration in its metadata; sha256 `{digest}`).
 
