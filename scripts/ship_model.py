@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from smoothblock import Config
 from smoothblock.checkpoint import load_checkpoint
 from smoothblock.data import load_dataset, load_splits
 from smoothblock.evaluation import evaluate
@@ -61,6 +62,30 @@ def describe_schedule(history: list[dict[str, float]], recipe) -> tuple[str, str
     return schedule, lengthened, resumable
 
 
+def method_lines(cfg: Config, recipe, lengthened: str) -> str:
+    """The card's bullets for what the run did beyond the recipe: fine-tuning, distillation, SAM,
+    lengthening, SWA (each "" when not used), in that order."""
+    swa = (f"\n- Stochastic Weight Averaging (Izmailov et al. 2018): the last {recipe.swa_epochs} epochs ran at "
+           f"the constant learning rate {recipe.swa_lr}; the shipped weights are the average of their "
+           f"{recipe.swa_epochs} end-of-epoch weights, with batch-norm statistics recomputed on the training images "
+           "(augmented as in training). The log's validation accuracy in those epochs is the average's."
+           if recipe.swa_epochs else "")
+    sam_line = (f"\n- Sharpness-Aware Minimization (Foret et al. 2021, `smoothblock.sam`): every step's gradient "
+                f"is taken at the weights moved {cfg.sam_rho} (L2, all parameters together) along the normalised "
+                "gradient, on the same batch, with the batch-norm running statistics left as the first pass set "
+                "them; two forward and backward passes a step." if cfg.sam_rho else "")
+    distill_line = (f"\n- Knowledge distillation (Hinton et al. 2015, `smoothblock.distill`): the loss is "
+                    f"{1 - cfg.distill_weight:g} x the label cross-entropy + {cfg.distill_weight:g} x T^2 "
+                    f"KL(teachers || model) at temperature T = {cfg.distill_temperature:g}, the teachers' "
+                    "probabilities averaged over " + ", ".join(f"`{t}`" for t in cfg.teachers)
+                    + ", on the same augmented batches as the model."
+                    if cfg.teachers else "")
+    init_line = (f"\n- Fine-tuned: the run started from the weights of `{cfg.init_from}`, not a fresh "
+                 "initialisation; the schedule, log and training time here are this run's alone."
+                 if cfg.init_from else "")
+    return f"{init_line}{distill_line}{sam_line}{lengthened}{swa}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="the finished run's out_dir")
@@ -98,15 +123,6 @@ def main(argv: list[str] | None = None) -> int:
     rows = "\n".join(f"| {h['epoch']} | {h['lr']:.4f} | {h['train_loss']:.4f} | {100 * h['train_acc']:.2f} | "
                      f"{100 * h['val_acc']:.2f} | {h['seconds']:.0f} |" for h in history)
     schedule, lengthened, resumable = describe_schedule(history, recipe)
-    swa = (f"\n- Stochastic Weight Averaging (Izmailov et al. 2018): the last {recipe.swa_epochs} epochs ran at "
-           f"the constant learning rate {recipe.swa_lr}; the shipped weights are the average of their "
-           f"{recipe.swa_epochs} end-of-epoch weights, with batch-norm statistics recomputed on the training images "
-           "(augmented as in training). The log's validation accuracy in those epochs is the average's."
-           if recipe.swa_epochs else "")
-    sam_line = (f"\n- Sharpness-Aware Minimization (Foret et al. 2021, `smoothblock.sam`): every step's gradient "
-                f"is taken at the weights moved {cfg.sam_rho} (L2, all parameters together) along the normalised "
-                "gradient, on the same batch, with the batch-norm running statistics left as the first pass set "
-                "them; two forward and backward passes a step." if cfg.sam_rho else "")
     cutout = (f", then Cutout {cfg.cutout} px (DeVries & Taylor 2017; one square per image, filled with "
               "the batch's per-channel mean)" if cfg.cutout else "")
     card = f"""# {args.name}
@@ -136,7 +152,7 @@ It stands in for the thesis' pretrained ResNet20 (Section 4.1: 90.03% clean).
 - Recipe `{recipe.name}`: SGD with Nesterov momentum 0.9, batch {recipe.batch_size}, one-cycle learning rate
   (linear warm-up over the first 15% of steps to {recipe.lr}, then cosine to zero), weight decay
   {recipe.weight_decay} on weights (none on batch-norm parameters and biases), label smoothing
-  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.{sam_line}{lengthened}{swa}
+  {recipe.label_smoothing}, {schedule}, bfloat16 autocast: {cfg.bf16}, channels_last.{method_lines(cfg, recipe, lengthened)}
 - Hardware: {args.hardware}. Training time: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over epochs).{note}
 - Weights: `{target.name}` (safetensors, configuration in its metadata; sha256 `{digest}`).
 

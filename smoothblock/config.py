@@ -78,6 +78,10 @@ class Config:
             al. 2020's distillation benchmark, RepDistiller).
         distill_temperature: the softmax temperature T of both predictions; the term is
             T^2 KL(teachers || model), Hinton et al.'s scaling, so its gradients keep their size.
+        init_from: a shipped model name or checkpoint file whose weights the training starts from
+            (fine-tuning: the recipe's whole schedule then runs from them) instead of a fresh
+            initialisation; None for a fresh one. Same arch and num_classes. A run that starts
+            from a model trained on the same split keeps the validation split unseen.
         sam_rho: Sharpness-Aware Minimization (Foret et al. 2021, :mod:`smoothblock.sam`): each
             step's gradient is taken at the weights moved by sam_rho along the normalised
             gradient (two passes a step); 0 for none (plain SGD). The paper's CIFAR value: 0.05.
@@ -128,6 +132,7 @@ class Config:
     teachers: tuple[str, ...] = ()
     distill_weight: float = 0.9
     distill_temperature: float = 4.0
+    init_from: str | None = None
     sam_rho: float = 0.0
     adv_training: str = "none"
     adv_eps: float = 8 / 255

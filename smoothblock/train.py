@@ -30,6 +30,7 @@ from .data import Splits, augment, iterate_batches, load_splits
 from .defended import build_model
 from .distill import distillation_loss, load_teachers, teacher_probs
 from .errors import CheckpointError, ConfigError
+from .hub import load_config_and_weights
 from .recipes import Recipe, resolve_recipe
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,16 @@ def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 
     return correct / len(dataset)
 
 
+def initial_weights(cfg: Config) -> dict[str, torch.Tensor]:
+    """The weights of ``cfg.init_from`` (a shipped name or checkpoint), checked to fit ``cfg``'s
+    network: only the weights are taken, the defense and training settings are ``cfg``'s."""
+    saved, network = load_config_and_weights(cfg.init_from)
+    if (saved.arch, saved.num_classes) != (cfg.arch, cfg.num_classes):
+        raise ConfigError(f"init_from {cfg.init_from} holds a {saved.arch} for {saved.num_classes} classes, "
+                          f"not a {cfg.arch} for {cfg.num_classes}")
+    return network.state_dict()
+
+
 def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
           on_epoch_end: EpochCallback | None = None, progress: bool = True,
           init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
@@ -212,7 +223,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         splits: data already loaded (for callers that train many models on the same data).
         on_epoch_end: called as ``(epoch, metrics, model)`` after each epoch's checkpoint.
         init_state: weights to start from (fine-tuning) instead of a fresh initialisation;
-            ignored on resume, where the checkpoint's weights are used.
+            ignored on resume, where the checkpoint's weights are used. Without it, the weights
+            of ``cfg.init_from`` (when set) are the start.
 
     Returns:
         A :class:`TrainResult`; ``out_dir`` then holds ``model.safetensors`` (weights and
@@ -237,6 +249,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     recipe = resolve_recipe(cfg)
     bf16 = use_bf16(cfg, device)
     teachers = load_teachers(cfg.teachers, cfg.num_classes, device)  # before the data: fail fast
+    if init_state is None and state is None and cfg.init_from is not None:
+        init_state = initial_weights(cfg)
     if splits is None:
         splits = load_splits(cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed, subset=cfg.subset,
                              cache_dir=cfg.cache_dir, need_test=False)

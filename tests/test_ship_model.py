@@ -1,4 +1,4 @@
-"""scripts/ship_model.py's words for how long a run trained: plain, lengthened, with SWA."""
+"""scripts/ship_model.py's words for how a run trained: plain, lengthened, with SWA, fine-tuned, distilled."""
 import sys
 from pathlib import Path
 
@@ -6,7 +6,7 @@ from smoothblock import Config
 from smoothblock.recipes import resolve_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from ship_model import describe_schedule  # noqa: E402
+from ship_model import describe_schedule, method_lines  # noqa: E402
 
 
 def _history(recipe, restart_at=None, steps=10):
@@ -31,3 +31,14 @@ def test_a_lengthened_run_with_swa_is_said_to_be_a_warm_restart_then_swa():
     assert schedule == "20 epochs, then lengthened to 30 (below), then 4 epochs of SWA (below)"
     assert "at epoch 21 it rose from zero" in lengthened and "uninterrupted 30-epoch run" in lengthened
     assert "equals" not in resumable
+
+
+def test_a_fine_tuned_distilled_run_names_its_start_and_its_teachers_and_a_plain_one_neither():
+    cfg = Config(epochs=20, init_from="runs/a/model.safetensors", teachers=["t1.safetensors", "t2.safetensors"],
+                 distill_weight=0.9, distill_temperature=4.0)
+    lines = method_lines(cfg, resolve_recipe(cfg), lengthened="")
+    assert "started from the weights of `runs/a/model.safetensors`" in lines
+    assert "0.1 x the label cross-entropy + 0.9 x T^2" in lines and "T = 4" in lines
+    assert "`t1.safetensors`, `t2.safetensors`" in lines
+    assert lines.index("Fine-tuned") < lines.index("Knowledge distillation")
+    assert method_lines(Config(epochs=20), resolve_recipe(Config(epochs=20)), lengthened="") == ""

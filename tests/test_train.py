@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from smoothblock import CheckpointError, Config, load_model
+from smoothblock import CheckpointError, Config, ConfigError, load_model
 from smoothblock.data import load_splits
 from smoothblock.train import train
 
@@ -70,6 +70,20 @@ def test_init_state_starts_from_given_weights(tiny_config):
     result = train(tiny_config.replace(epochs=1, lr=1e-12, method="none"), init_state=start, progress=False)
     conv = "stages.stem.0.weight"
     assert torch.allclose(result.model.state_dict()[conv], start[conv], atol=1e-6)
+
+
+def test_init_from_starts_from_a_checkpoints_weights_and_is_recorded(tiny_config, tmp_path):
+    source = train(tiny_config.replace(epochs=1, out_dir=str(tmp_path / "source")), progress=False)
+    tuned_cfg = tiny_config.replace(epochs=1, lr=1e-12, init_from=str(source.weights_path),
+                                    out_dir=str(tmp_path / "tuned"))
+    tuned = train(tuned_cfg, progress=False)
+    conv = "stages.stem.0.weight"
+    assert torch.allclose(tuned.model.state_dict()[conv], source.model.state_dict()[conv], atol=1e-6)
+    assert not torch.allclose(train(tuned_cfg.replace(init_from=None, out_dir=str(tmp_path / "fresh")),
+                                    progress=False).model.state_dict()[conv], source.model.state_dict()[conv])
+    assert Config.load(tmp_path / "tuned" / "config.yaml").init_from == str(source.weights_path)
+    with pytest.raises(ConfigError, match="holds a resnet20"):
+        train(tuned_cfg.replace(arch="resnet32", out_dir=str(tmp_path / "deeper")), progress=False)
 
 
 def test_label_smoothing_overrides_the_recipe():
