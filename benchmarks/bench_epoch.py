@@ -1,8 +1,8 @@
 """Epoch time of ResNet20 training through ``smoothblock.train.train_one_epoch``, eager against
 ``compile: true`` (torch.compile), in the same run.
 
-Protocol: ResNet20 (no defense) and the shipped recipe (fast, batch 128, lr 0.1, Cutout 16, bf16
-where ``use_bf16`` picks it), 45,000 random 32x32 uint8 images with random labels, held where
+Protocol: ResNet20 (no defense) and the Cutout recipe of examples/resnet20-cifar10-cutout.yaml
+(fast, batch 128, lr 0.1, Cutout 16, bf16 where ``use_bf16`` picks it), 45,000 random 32x32 uint8 images with random labels, held where
 ``train`` holds them (on the GPU for a GPU). One epoch = shuffling, augmentation, forward, loss,
 backward and optimizer steps, the whole real pipeline. Each mode is warmed up by one epoch (the
 compiled mode compiles in it), then the modes alternate epoch by epoch within each repeat so drift
