@@ -131,6 +131,15 @@ def test_existing_run_needs_resume(capsys, tmp_path, image_folder):
     assert main(["train", "--config", path, "--resume", "--quiet"]) == 0  # all epochs done: nothing to do
 
 
+def test_a_bad_init_from_is_one_line_and_trains_nothing(capsys, tmp_path, image_folder, checkpoint):
+    out = tmp_path / "run"
+    path = _config(tmp_path, f"data: {image_folder}\nval_size: 20\nepochs: 1\nbatch_size: 16\nout_dir: {out}\nbf16: false\n")
+    _fails(capsys, ["train", "--config", path, "--init_from", str(tmp_path / "nope.safetensors")], "neither a shipped model")
+    _fails(capsys, ["train", "--config", path, "--init_from", str(checkpoint), "--arch", "resnet32"],
+           "holds a resnet20 for 10 classes, not a resnet32")
+    assert not out.exists()
+
+
 def test_bad_evaluate_options_write_nothing(capsys, tmp_path, checkpoint):
     report = tmp_path / "m.json"
     _fails(capsys, ["evaluate", "--model", str(checkpoint), "--keep_prob", "2", "--json", str(report)], "keep_prob")
