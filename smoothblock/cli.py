@@ -1,4 +1,4 @@
-"""The library's commands: ``smoothblock train`` and ``smoothblock evaluate``.
+"""The library's commands: ``smoothblock train``, ``evaluate`` and ``soup``.
 
 :func:`add_commands` adds them to any argparse sub-parser set, so a higher-level console script
 (the search) can wire them in without this package importing anything above it.
@@ -19,6 +19,7 @@ from .attacks import ATTACKS, AttackSettings
 from .checkpoint import atomic_write
 from .config import FIELD_NAMES, METHODS, Config
 from .errors import ConfigError, SmoothBlockError
+from .soup import SOUPS
 
 DEFENSE_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble", "defense_at")
 COLUMNS = [("clean_acc", "clean")] + [(f"fgsm_{e}_acc", f"FGSM {e}") for e in (1, 2, 4, 8, 16, 32)] + [
@@ -53,7 +54,7 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def add_commands(subparsers) -> None:
-    """Add ``train`` and ``evaluate`` to an argparse sub-parser set."""
+    """Add ``train``, ``evaluate`` and ``soup`` to an argparse sub-parser set."""
     train = subparsers.add_parser("train", help="train a (defended) model from a YAML configuration")
     train.add_argument("--config", required=True, help="YAML file of configuration fields")
     train.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
@@ -86,6 +87,21 @@ def add_commands(subparsers) -> None:
     _add_field_flags(ev, DEFENSE_FIELDS)
     ev.set_defaults(handler=run_evaluate)
 
+    so = subparsers.add_parser("soup", help="average fine-tuned models' weights into one (model soups), "
+                                            "chosen on the validation split")
+    so.add_argument("--models", nargs="+", required=True, metavar="MODEL",
+                    help="shipped names or checkpoint files, trained on the same split")
+    so.add_argument("--out_dir", "--out-dir", required=True, help="where model.safetensors and soup.json go")
+    so.add_argument("--soup", choices=SOUPS, default="greedy",
+                    help="greedy: best first, keep each model that does not lower the validation accuracy; "
+                         "uniform: all of them")
+    so.add_argument("--recompute_bn", "--recompute-bn", action="store_true",
+                    help="recompute batch-norm statistics on the training images instead of averaging them")
+    so.add_argument("--data", default=None, help="cifar10 or an ImageFolder folder (default: the models')")
+    so.add_argument("--cache_dir", "--cache-dir", default=None)
+    so.add_argument("--device", default="auto")
+    so.set_defaults(handler=run_soup)
+
 
 def run_train(args: argparse.Namespace) -> int:
     from .train import train
@@ -97,6 +113,19 @@ def run_train(args: argparse.Namespace) -> int:
     result = train(cfg, resume=args.resume, progress=not args.quiet)
     last = result.history[-1] if result.history else {}
     print(f"trained {cfg.arch} for {len(result.history)} epochs: val_acc {last.get('val_acc', float('nan')):.4f}; "
+          f"weights in {result.weights_path}")
+    return 0
+
+
+def run_soup(args: argparse.Namespace) -> int:
+    from .soup import make_soup
+
+    result = make_soup(args.models, args.out_dir, soup=args.soup, recompute_bn=args.recompute_bn, data=args.data,
+                       cache_dir=args.cache_dir, device=args.device)
+    for ingredient in result.ingredients:
+        print(f"{100 * ingredient['val_acc']:.2f}%  {'kept   ' if ingredient['kept'] else 'left out'}  "
+              f"{ingredient['path']}")
+    print(f"{result.soup} soup of {sum(i['kept'] for i in result.ingredients)}: val_acc {result.val_acc:.4f}; "
           f"weights in {result.weights_path}")
     return 0
 

@@ -1,4 +1,5 @@
 """scripts/ship_model.py's words for how a run trained: plain, lengthened, with SWA, fine-tuned, distilled."""
+import re
 import sys
 from pathlib import Path
 
@@ -42,3 +43,33 @@ def test_a_fine_tuned_distilled_run_names_its_start_and_its_teachers_and_a_plain
     assert "`t1.safetensors`, `t2.safetensors`" in lines
     assert lines.index("Fine-tuned") < lines.index("Knowledge distillation")
     assert method_lines(Config(epochs=20), resolve_recipe(Config(epochs=20)), lengthened="") == ""
+
+
+def test_a_soup_ships_with_a_section_and_a_log_per_kept_run_and_an_unlogged_one_is_refused(
+        soup_ingredients, tmp_path, monkeypatch, capsys):
+    import json
+
+    import ship_model
+    from smoothblock.soup import make_soup
+
+    monkeypatch.setattr(ship_model, "WEIGHTS_DIR", tmp_path / "weights")
+    soup = make_soup(soup_ingredients, tmp_path / "soup", soup="uniform")
+    assert ship_model.main([str(tmp_path / "soup"), "--name", "tiny", "--command", "train a", "--command",
+                            "soup them", "--hardware", "here"]) == 0
+    card = (tmp_path / "weights" / "tiny.md").read_text()
+    lines = [json.loads(line) for line in (tmp_path / "weights" / "tiny.log.jsonl").read_text().splitlines()]
+    assert [line["run"] for line in lines] == [i["path"] for i in soup.ingredients for _ in range(2)]  # best first
+    assert len(re.findall(r"^\| \d+ \|", card, flags=re.M)) == len(lines)
+    assert all(card.count(f"### `{p}`") == 2 for p in soup_ingredients)  # its training and its log
+    assert "1. `train a`" in card and "2. `soup them`" in card
+    assert f"validation split of the soup: {100 * soup.val_acc:.2f}%" in card
+    assert re.search(r"Clean accuracy on the 20 test images: [\d.]+%", card)
+
+    (Path(soup_ingredients[0]).parent / "log.jsonl").rename(tmp_path / "moved.jsonl")
+    try:
+        assert ship_model.main([str(tmp_path / "soup"), "--name", "tiny2", "--command", "c", "--hardware", "h"]) == 2
+    finally:
+        (tmp_path / "moved.jsonl").rename(Path(soup_ingredients[0]).parent / "log.jsonl")
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "log.jsonl does not exist" in err
+    assert not (tmp_path / "weights" / "tiny2.md").exists()
