@@ -123,7 +123,7 @@ def run_soup(args: argparse.Namespace) -> int:
     result = make_soup(args.models, args.out_dir, soup=args.soup, recompute_bn=args.recompute_bn, data=args.data,
                        cache_dir=args.cache_dir, device=args.device)
     for ingredient in result.ingredients:
-        print(f"{100 * ingredient['val_acc']:.2f}%  {'kept   ' if ingredient['kept'] else 'left out'}  "
+        print(f"{100 * ingredient['val_acc']:.2f}%  {'kept' if ingredient['kept'] else 'left out':<8}  "
               f"{ingredient['path']}")
     print(f"{result.soup} soup of {sum(i['kept'] for i in result.ingredients)}: val_acc {result.val_acc:.4f}; "
           f"weights in {result.weights_path}")
