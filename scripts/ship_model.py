@@ -137,12 +137,16 @@ def soup_lines(record: dict) -> str:
            "soup's accuracy there (Recipe 1)" if record["soup"] == "greedy" else "uniform: every model given")
     stats = ("recomputed on the training images, augmented as in training" if record["recompute_bn"]
              else "averaged like the weights")
-    rows = "\n".join(f"| `{i['path']}` | {100 * i['val_acc']:.2f} | {'kept' if i['kept'] else 'left out'} |"
-                     for i in record["ingredients"])
+    def row(i: dict) -> str:
+        with_it = f"{100 * i['soup_val_acc']:.2f}" if "soup_val_acc" in i else "-"
+        return f"| `{i['path']}` | {100 * i['val_acc']:.2f} | {with_it} | {'kept' if i['kept'] else 'left out'} |"
+
+    rows = "\n".join(map(row, record["ingredients"]))
     return (f"- A model soup (Wortsman et al. 2022, `smoothblock soup`): the weights of the {len(kept)} runs below "
             f"averaged into one network, as cheap to run as any of them; {how}; batch-norm statistics {stats}. "
             f"The soup scores {100 * record['val_acc']:.2f}% on the validation split.\n\n"
-            f"| model | val acc alone | in the soup |\n| --- | --- | --- |\n{rows}")
+            f"| model | val acc alone | val acc of the soup with it | in the soup |\n"
+            f"| --- | --- | --- | --- |\n{rows}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -185,8 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     (WEIGHTS_DIR / f"{args.name}.log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in log_lines))
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     train_s = sum(h["seconds"] for h in log_lines)
-    total_time = (f" Training time, all runs together: {train_s / 3600:.2f} h ({train_s:,.0f} s summed over their "
-                  "epochs)." if record is not None else "")
+    total_time = (f" Training time of the runs in the soup together: {train_s / 3600:.2f} h ({train_s:,.0f} s summed "
+                  "over their epochs)." if record is not None else "")
     note = f"\n- {args.note}" if args.note else ""
     recipe_bf16 = cfg.bf16 is True  # None: chosen by the machine (smoothblock.train.use_bf16)
     source = DATA_SOURCES.get(cfg.data, FOLDER_SOURCE.format(data=cfg.data))

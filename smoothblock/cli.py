@@ -123,8 +123,10 @@ def run_soup(args: argparse.Namespace) -> int:
     result = make_soup(args.models, args.out_dir, soup=args.soup, recompute_bn=args.recompute_bn, data=args.data,
                        cache_dir=args.cache_dir, device=args.device)
     for ingredient in result.ingredients:
+        tried = "soup_val_acc" in ingredient
+        with_it = f"  (the soup with it: {100 * ingredient['soup_val_acc']:.2f}%)" if tried else ""
         print(f"{100 * ingredient['val_acc']:.2f}%  {'kept' if ingredient['kept'] else 'left out':<8}  "
-              f"{ingredient['path']}")
+              f"{ingredient['path']}{with_it}")
     print(f"{result.soup} soup of {sum(i['kept'] for i in result.ingredients)}: val_acc {result.val_acc:.4f}; "
           f"weights in {result.weights_path}")
     return 0

@@ -42,7 +42,8 @@ class SoupResult:
     """A finished soup: the model (eval mode), its configuration, what went into it, its files.
 
     ``ingredients`` has one entry per model given, best first: ``path``, ``val_acc`` (alone) and
-    ``kept`` (whether it is in the soup); ``val_acc`` is the soup's own."""
+    ``kept`` (whether it is in the soup), and for a greedy soup ``soup_val_acc``: the soup's
+    accuracy with it added, when it was tried. ``val_acc`` is the final soup's own."""
 
     model: nn.Module
     cfg: Config
@@ -134,6 +135,7 @@ def make_soup(models: Sequence[str], out_dir: str | Path, *, soup: str = "greedy
     # Alone, each ingredient keeps the statistics it was trained with.
     alone = sorted(((score(network(s, name, recompute=False)), name, s) for name, _, s in loaded),
                    key=lambda item: -item[0])
+    tried: dict[str, float] = {}  # greedy: the soup's accuracy with each model added, when it was tried
     if soup == "uniform":
         kept = alone
         best_model = network(average_weights([s for *_, s in kept]), "soup")
@@ -141,16 +143,17 @@ def make_soup(models: Sequence[str], out_dir: str | Path, *, soup: str = "greedy
     else:
         kept = alone[:1]
         best_model = network(alone[0][2], alone[0][1])
-        best_acc = score(best_model)
+        best_acc = tried[alone[0][1]] = score(best_model)
         for candidate in alone[1:]:
             model = network(average_weights([s for *_, s in kept + [candidate]]), "soup")
-            acc = score(model)
+            acc = tried[candidate[1]] = score(model)
             if acc >= best_acc:  # the paper keeps ties: more ingredients, same held-out accuracy
                 kept, best_model, best_acc = kept + [candidate], model, acc
     best_name = alone[0][1]
     chosen_cfg = next(c for name, c, _ in loaded if name == best_name).replace(out_dir=str(out))
     kept_names = {name for _, name, _ in kept}
-    ingredients = [{"path": name, "val_acc": acc, "kept": name in kept_names} for acc, name, _ in alone]
+    ingredients = [{"path": name, "val_acc": acc, "kept": name in kept_names,
+                    **({"soup_val_acc": tried[name]} if name in tried else {})} for acc, name, _ in alone]
     record = {"soup": soup, "recompute_bn": recompute_bn, "val_acc": best_acc, "ingredients": ingredients}
     out.mkdir(parents=True, exist_ok=True)
     weights = out / "model.safetensors"

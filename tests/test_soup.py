@@ -35,6 +35,11 @@ def test_a_greedy_soup_is_the_average_of_what_it_kept_and_no_worse_than_its_best
     alone = [i["val_acc"] for i in record["ingredients"]]
     assert alone == sorted(alone, reverse=True) and record["ingredients"][0]["kept"]
     assert result.val_acc >= alone[0]
+    best = -1.0  # Recipe 1: a model stays exactly when the soup with it scores no lower than before
+    for ingredient in record["ingredients"]:
+        assert ingredient["kept"] == (ingredient["soup_val_acc"] >= best), record
+        best = max(best, ingredient["soup_val_acc"])
+    assert best == record["val_acc"]
     kept = [i["path"] for i in record["ingredients"] if i["kept"]]
     saved_cfg, saved = load_checkpoint(tmp_path / "soup" / "model.safetensors")
     expected = average_weights([weights(p) for p in kept])
