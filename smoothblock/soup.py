@@ -7,7 +7,7 @@ uniform soup, ``theta = mean_i theta_i``) into a single network as cheap to run 
 greedy soup (the paper's Recipe 1) visits the ingredients from best to worst on held-out data and
 keeps each one whose addition does not lower the soup's accuracy there.
 
-Choices, where the paper (on networks with layer norm) is silent about batch norm: the running
+Choices where the paper does not prescribe one. Batch norm: the running
 means and variances are averaged like the weights by default; ``recompute_bn`` instead recomputes
 them on the training images augmented as in training (as SWA does). On the 220-epoch SAM ResNet20
 and its distillation fine-tune the averaged statistics scored 90.56% on the validation split, the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
