@@ -123,10 +123,12 @@ def make_soup(models: Sequence[str], out_dir: str | Path, *, soup: str = "greedy
         splits = load_splits(data or cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed,
                              subset=cfg.subset, cache_dir=cache_dir or cfg.cache_dir, need_test=False)
 
+    configs = {name: c for name, c, _ in loaded}
+
     def network(state: dict[str, torch.Tensor], source: str, recompute: bool = recompute_bn) -> nn.Module:
         model = network_from_state(cfg, state, source).to(torch_device)
-        if recompute:
-            recompute_batch_norm(model, splits.train, cfg, torch_device, bf16=bf16)
+        if recompute:  # augmented as the best ingredient was trained (the soup's configuration)
+            recompute_batch_norm(model, splits.train, configs[alone[0][1]], torch_device, bf16=bf16)
         return model
 
     def score(model: nn.Module) -> float:
@@ -150,7 +152,7 @@ def make_soup(models: Sequence[str], out_dir: str | Path, *, soup: str = "greedy
             if acc >= best_acc:  # the paper keeps ties: more ingredients, same held-out accuracy
                 kept, best_model, best_acc = kept + [candidate], model, acc
     best_name = alone[0][1]
-    chosen_cfg = next(c for name, c, _ in loaded if name == best_name).replace(out_dir=str(out))
+    chosen_cfg = configs[best_name].replace(out_dir=str(out))
     kept_names = {name for _, name, _ in kept}
     ingredients = [{"path": name, "val_acc": acc, "kept": name in kept_names,
                     **({"soup_val_acc": tried[name]} if name in tried else {})} for acc, name, _ in alone]
