@@ -125,33 +125,37 @@ def make_soup(models: Sequence[str], out_dir: str | Path, *, soup: str = "greedy
 
     configs = {name: c for name, c, _ in loaded}
 
-    def network(state: dict[str, torch.Tensor], source: str, recompute: bool = recompute_bn) -> nn.Module:
-        model = network_from_state(cfg, state, source).to(torch_device)
-        if recompute:  # augmented as the best ingredient was trained (the soup's configuration)
-            recompute_batch_norm(model, splits.train, configs[alone[0][1]], torch_device, bf16=bf16)
-        return model
+    def network(state: dict[str, torch.Tensor], source: str) -> nn.Module:
+        return network_from_state(cfg, state, source).to(torch_device)
 
     def score(model: nn.Module) -> float:
         return accuracy(model, splits.val, torch_device, bf16=bf16)
 
     # Alone, each ingredient keeps the statistics it was trained with.
-    alone = sorted(((score(network(s, name, recompute=False)), name, s) for name, _, s in loaded),
-                   key=lambda item: -item[0])
+    alone = sorted(((score(network(s, name)), name, s) for name, _, s in loaded), key=lambda item: -item[0])
+    best_name = alone[0][1]
+
+    def soup_of(members: list[tuple[float, str, dict[str, torch.Tensor]]]) -> nn.Module:
+        model = (network(members[0][2], members[0][1]) if len(members) == 1
+                 else network(average_weights([s for *_, s in members]), "soup"))
+        if recompute_bn:  # augmented as the best ingredient was trained (the soup's configuration)
+            recompute_batch_norm(model, splits.train, configs[best_name], torch_device, bf16=bf16)
+        return model
+
     tried: dict[str, float] = {}  # greedy: the soup's accuracy with each model added, when it was tried
     if soup == "uniform":
         kept = alone
-        best_model = network(average_weights([s for *_, s in kept]), "soup")
+        best_model = soup_of(kept)
         best_acc = score(best_model)
     else:
         kept = alone[:1]
-        best_model = network(alone[0][2], alone[0][1])
-        best_acc = tried[alone[0][1]] = score(best_model)
+        best_model = soup_of(kept)
+        best_acc = tried[best_name] = score(best_model)
         for candidate in alone[1:]:
-            model = network(average_weights([s for *_, s in kept + [candidate]]), "soup")
+            model = soup_of(kept + [candidate])
             acc = tried[candidate[1]] = score(model)
             if acc >= best_acc:  # the paper keeps ties: more ingredients, same held-out accuracy
                 kept, best_model, best_acc = kept + [candidate], model, acc
-    best_name = alone[0][1]
     chosen_cfg = configs[best_name].replace(out_dir=str(out))
     kept_names = {name for _, name, _ in kept}
     ingredients = [{"path": name, "val_acc": acc, "kept": name in kept_names,
