@@ -125,8 +125,14 @@ def test_a_worker_node_killed_mid_trial_resumes_the_trial_from_its_checkpoint_on
     assert victim.run_metadata.num_failures == 1
     folder = next((storage / "nodes").glob(f"*_{victim.trial_id}_*"))
     results = [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
-    assert [r["training_iteration"] for r in results] == [1, 2, 3, 4]
-    assert results[-1]["pid"] != killed["pid"]  # another process, on the other node
+    restart = next(i for i, r in enumerate(results) if r["pid"] != killed["pid"])  # another process
+    before = [r["training_iteration"] for r in results[:restart]]
+    after = [r["training_iteration"] for r in results[restart:]]
+    assert before == list(range(1, len(before) + 1))
+    # Resumed from a checkpoint, not from scratch: the new process starts past iteration 1 and goes
+    # on to the end. It may repeat the killed node's last iteration: Tune restores the newest
+    # checkpoint the driver had registered, and the node can die after reporting the next one.
+    assert 2 <= after[0] <= len(before) + 1 and after == list(range(after[0], 5))
 
     client = MlflowClient(mlflow_server)
     children = _children(client, "nodes")
