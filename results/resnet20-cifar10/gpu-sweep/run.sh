@@ -1,7 +1,8 @@
-# One device call: data, then .gpu/sweep.py. Usage (repo root): bash .gpu/run.sh
+# One device call: data, then the step script (STEP, default .gpu/sweep.py; ../gpu-resume/ used
+# STEP=.gpu/resume.py THREADS=4). Usage (repo root): bash .gpu/run.sh
 set -u
 T0=$(date +%s)
-export OMP_NUM_THREADS=2 PYTHONUNBUFFERED=1 SMOOTHBLOCK_CACHE=/tmp/sbcache DEADLINE=$((T0 + ${BUDGET:-545}))
+export OMP_NUM_THREADS=${THREADS:-2} PYTHONUNBUFFERED=1 SMOOTHBLOCK_CACHE=/tmp/sbcache DEADLINE=$((T0 + ${BUDGET:-545}))
 OUT=${OUT:-/tmp/out}; export OUT; mkdir -p $OUT
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .gpu/whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD
@@ -18,4 +19,4 @@ h = lambda x: hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
 print("decoded in", round(time.time() - t, 1), "s; train", len(s.train), "val labels", h(s.val.labels), "val images", h(s.val.images))
 PY
 echo "setup took $(( $(date +%s) - T0 )) s"
-python3 .gpu/sweep.py
+python3 ${STEP:-.gpu/sweep.py}
