@@ -91,10 +91,11 @@ class ShipError(Exception):
     """A run that cannot be shipped as it is."""
 
 
-def load_run(weights: Path) -> tuple[Config, list[dict[str, float]]]:
-    """A finished run's configuration and per-epoch log (``log.jsonl`` beside its weights);
-    ShipError when the log is missing or the run did not finish."""
-    cfg, _ = load_checkpoint(weights)
+def load_run(weights: Path, cfg: Config | None = None) -> tuple[Config, list[dict[str, float]]]:
+    """A finished run's configuration (read from ``weights`` unless given) and per-epoch log
+    (``log.jsonl`` beside its weights); ShipError when the log is missing or the run did not finish."""
+    if cfg is None:
+        cfg, _ = load_checkpoint(weights)
     log_path = weights.parent / "log.jsonl"
     if not log_path.is_file():
         raise ShipError(f"{log_path} does not exist: a shipped model's card needs every run's per-epoch log")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     record = json.loads(soup_path.read_text()) if soup_path.is_file() else None
     try:
         if record is None:
-            runs = [(None, *load_run(weights))]
+            runs = [(None, *load_run(weights, cfg))]
             val_acc, val_what = runs[0][2][-1]["val_acc"], "at the last epoch"
         else:
             runs = [(i["path"], *load_run(Path(i["path"]))) for i in record["ingredients"] if i["kept"]]
