@@ -18,14 +18,18 @@ from typing import Any
 import yaml
 
 from smoothblock import Config
+from smoothblock.attacks import ATTACKS, AttackSettings
 from smoothblock.errors import ConfigError
 
 from .space import SearchSpace
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 TRAINABLES = ("posthoc", "train")
-#: The objective's attack -> the metric it reports (the names of ``smoothblock evaluate``).
-OBJECTIVE_METRICS = {"pgd": "pgd_acc", "eot_pgd": "eot_pgd_acc", "fgsm": "fgsm_8_acc"}
+SCHEDULERS = ("asha", "fifo")
+#: The objective: the per-image worst case over the search's attacks (``smoothblock evaluate``'s name).
+METRIC = "robust_acc"
+#: Attacks that belong in the audit, not in every trial (see :mod:`smoothblock.audit`).
+AUDIT_ONLY = ("unbounded", "eot_pgd_x2")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 
@@ -44,13 +48,25 @@ class SearchConfig:
             searched parameters (those left out are sampled): a warm start from known settings.
 
     How a trial is scored (on the validation split, never the test split):
-        attack: pgd, eot_pgd (the honest score of a randomised defense) or fgsm (at 8/255);
-            the objective is its accuracy (``pgd_acc`` ...), maximised.
+        attacks: the suite (registry names, :mod:`smoothblock.attacks`), run in this order as a
+            cascade: the objective ``robust_acc`` counts an image only if it survives every one
+            (the per-image worst case, as AutoAttack reports), maximised. The default holds an
+            attack that ignores the randomness (``transfer``), one that follows it (``pgd``) and one
+            that averages it out (``eot_pgd``).
         val_images: the first this many validation images, the same for every trial.
-        eot_iter: gradient draws per EOT-PGD step.
+        chunk_images: a posthoc trial scores its images in chunks of this many and reports the
+            running ``robust_acc`` after each; the scheduler stops clearly worse trials early.
+        scheduler: asha (Tune's ASHAScheduler over chunks or epochs) or fifo (every trial runs to
+            the end).
+        eot_iter, eot_steps: draws per EOT step and steps of the EOT attacks.
+        fgsm_eps: FGSM's eps (in 1/255) when the suite holds fgsm: one per eps is run.
         min_clean_acc: trials below this clean accuracy are infeasible (an Optuna constraint).
-        multi_objective: search the Pareto front of clean_acc, the objective and passes (forward
+        multi_objective: search the Pareto front of clean_acc, robust_acc and passes (forward
             passes per image: the inference cost) with NSGA-II instead.
+
+    The audit of the finalists (:mod:`smoothblock.audit`), when the trials end:
+        audit_top: how many of the best trials are audited (0: none).
+        audit_images: on the first this many validation images (at least val_images).
 
     How it runs:
         name: the search's name (MLflow experiment, results folder); None: preset and time.
@@ -68,9 +84,15 @@ class SearchConfig:
     base: Config = field(default_factory=Config)
     space: SearchSpace = field(default_factory=lambda: SearchSpace(()))
     points_to_evaluate: tuple[dict[str, Any], ...] = ()
-    attack: str = "pgd"
+    attacks: tuple[str, ...] = ("transfer", "pgd", "eot_pgd")
     val_images: int = 500
-    eot_iter: int = 10
+    chunk_images: int = 100
+    scheduler: str = "asha"
+    eot_iter: int = AttackSettings.eot_iter
+    eot_steps: int = AttackSettings.eot_steps
+    fgsm_eps: tuple[int, ...] = (8,)
+    audit_top: int = 3
+    audit_images: int = 500
     min_clean_acc: float | None = None
     multi_objective: bool = False
     name: str | None = None
@@ -88,9 +110,22 @@ class SearchConfig:
             raise ConfigError(f"trainable must be one of {', '.join(TRAINABLES)}, got {self.trainable!r}")
         if self.trainable == "posthoc" and not self.model:
             raise ConfigError("a posthoc search needs a model to put the defense into")
-        if self.attack not in OBJECTIVE_METRICS:
-            raise ConfigError(f"attack must be one of {', '.join(OBJECTIVE_METRICS)}, got {self.attack!r}")
-        for name, low in (("trials", 1), ("val_images", 1), ("eot_iter", 1), ("max_failures", 0),
+        for name in ("attacks", "fgsm_eps"):
+            if not isinstance(getattr(self, name), (list, tuple)) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a non-empty list, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        for attack in self.attacks:
+            if attack not in ATTACKS or attack in AUDIT_ONLY:
+                choices = ", ".join(a for a in ATTACKS if a not in AUDIT_ONLY)
+                raise ConfigError(f"attacks: unknown attack {attack!r}; choose from {choices}")
+        if len(set(self.attacks)) != len(self.attacks):
+            raise ConfigError(f"attacks: each attack once, got {list(self.attacks)}")
+        if not all(_is_int(e) and 1 <= e <= 255 for e in self.fgsm_eps):
+            raise ConfigError(f"fgsm_eps must be integers in 1..255 (units of 1/255), got {list(self.fgsm_eps)}")
+        if self.scheduler not in SCHEDULERS:
+            raise ConfigError(f"scheduler must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        for name, low in (("trials", 1), ("val_images", 1), ("chunk_images", 1), ("eot_iter", 1), ("eot_steps", 1),
+                          ("audit_top", 0), ("audit_images", 1), ("max_failures", 0),
                           ("grace_period", 1), ("reduction_factor", 2)):
             value = getattr(self, name)
             if not _is_int(value) or value < low:
@@ -106,6 +141,8 @@ class SearchConfig:
             raise ConfigError("a trial needs some resources: cpus_per_trial or gpus_per_trial > 0")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ConfigError(f"gpus_per_trial above 1 must be whole, got {self.gpus_per_trial}")
+        if self.audit_images < self.val_images:
+            raise ConfigError(f"audit_images ({self.audit_images}) must be at least val_images ({self.val_images})")
         if self.min_clean_acc is not None and (isinstance(self.min_clean_acc, bool) or
                                                not isinstance(self.min_clean_acc, (int, float))
                                                or not 0 <= self.min_clean_acc <= 1):
@@ -128,7 +165,18 @@ class SearchConfig:
     @property
     def metric(self) -> str:
         """The reported metric the search maximises."""
-        return OBJECTIVE_METRICS[self.attack]
+        return METRIC
+
+    def attack_settings(self) -> AttackSettings:
+        """The attacks' parameters for every trial, the baseline and the audit: every image of a
+        trial (and of the audit) gets every attack."""
+        return AttackSettings(eot_iter=self.eot_iter, eot_steps=self.eot_steps, fgsm_eps=self.fgsm_eps,
+                              eot_n=self.audit_images, cw_n=self.audit_images)
+
+    @property
+    def chunks(self) -> int:
+        """Reports of a posthoc trial: one per chunk of images."""
+        return -(-self.val_images // self.chunk_images)
 
     @property
     def objectives(self) -> tuple[tuple[str, str], ...]:
@@ -147,6 +195,7 @@ class SearchConfig:
         out["base"] = _non_default(self.base)
         out["space"] = self.space.to_dict()
         out["points_to_evaluate"] = [dict(p) for p in self.points_to_evaluate]
+        out["attacks"], out["fgsm_eps"] = list(self.attacks), list(self.fgsm_eps)
         return out
 
     @classmethod
@@ -154,6 +203,9 @@ class SearchConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source} must be a mapping of key: value")
         known = {f.name for f in dataclasses.fields(cls)}
+        if "attack" in data:
+            raise ConfigError(f"{source}: 'attack' is now 'attacks', a list; the objective is robust_acc, "
+                              "the per-image worst case over them (for example attacks: [transfer, pgd, eot_pgd])")
         unknown = sorted(set(map(str, data)) - known)
         if unknown:
             raise ConfigError(f"{source}: unknown key {unknown[0]!r}")

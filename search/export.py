@@ -1,27 +1,37 @@
 """Export the best configurations of a finished search, as files ``smoothblock train --config`` takes.
 
-The source of truth is MLflow: the child runs of the search, their metrics and their
-``config.yaml`` artifacts. A training search's short schedule was for ranking only, so the export
-trains in full: ``epochs`` back to the recipe's, ``subset`` back to all training images.
+The source of truth is MLflow: the child runs of the search, their metrics, tags and their
+``config.yaml`` and ``audit.json`` artifacts. The best audited finalist comes first; each file states
+the figure it claims as ``robust_acc`` with the audit beside it (``smoothblock train`` reads past
+both). A training search's short schedule was for ranking only, so the export trains in full:
+``epochs`` back to the recipe's, ``subset`` back to all training images.
 """
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from smoothblock import Config
 from smoothblock.checkpoint import atomic_write
 from smoothblock.errors import ConfigError
 
 from . import tracking
-from .config import OBJECTIVE_METRICS
+from .config import METRIC
+
+AUDITED = "audited_robust_acc"
 
 
 def rank(rows: list[dict[str, Any]], metric: str, min_clean_acc: float | None = None) -> list[dict[str, Any]]:
-    """Feasible trials first (clean_acc >= min_clean_acc), then by ``metric``, clean_acc, fewer passes."""
+    """Feasible trials first (clean_acc >= min_clean_acc); then the audited finalists by their
+    audited figure, then trials that saw every image or epoch, then those the scheduler stopped;
+    within each, by ``metric``, clean_acc, fewer passes."""
     floor = min_clean_acc or 0.0
-    return sorted(rows, key=lambda r: (r["clean_acc"] < floor, -r[metric], -r["clean_acc"], r["passes"]))
+    return sorted(rows, key=lambda r: (r["clean_acc"] < floor, AUDITED not in r, bool(r.get("stopped_early")),
+                                       -r.get(AUDITED, r[metric]), -r["clean_acc"], r["passes"]))
 
 
 def pareto_front(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -42,10 +52,15 @@ def finished_trials(client, name: str) -> tuple[list[dict[str, Any]], dict[str, 
     if parent is None:
         raise ConfigError(f"MLflow holds no search named {name!r}")
     params = client.get_run(parent).data.params
-    rows = [{**run.data.metrics, "run_id": run.info.run_id, "run_name": run.info.run_name}
+    rows = [{**run.data.metrics, "run_id": run.info.run_id, "run_name": run.info.run_name,
+             "stopped_early": tracking.STOPPED_TAG in run.data.tags,
+             **({"obfuscated": run.data.tags.get("obfuscated") == "true"} if "obfuscated" in run.data.tags else {})}
             for run in tracking.child_runs(client, experiment.experiment_id, parent)
             if run.info.status == "FINISHED"]
-    metric = OBJECTIVE_METRICS[params.get("attack", "pgd")]
+    if "attack" in params:
+        raise ConfigError(f"search {name!r} was scored by one attack ({params['attack']}), before robust_acc; "
+                          "run it again to export it")
+    metric = METRIC
     rows = [r for r in rows if {"clean_acc", metric, "passes"} <= set(r)]
     if not rows:
         raise ConfigError(f"search {name!r} has no finished trial to export yet")
@@ -74,11 +89,37 @@ def export(name: str, out: str, *, top: int = 1, pareto: bool = False, mlflow_ur
         for i, row in enumerate(chosen, 1):
             local = client.download_artifacts(row["run_id"], "config.yaml", tmp + f"/{i}")
             cfg = Config.load(local).replace(epochs=None, subset=None, out_dir=f"runs/{name}-best-{i}")
-            scores = f"clean_acc {row['clean_acc']:.4f}, {metric} {row[metric]:.4f}, passes {int(row['passes'])}"
-            texts.append(f"# Exported from search {name}, trial {row['run_name']} (MLflow run {row['run_id']}):\n"
-                         f"# {scores} on the validation split.\n# Train it: smoothblock train --config THIS_FILE\n"
+            texts.append(f"# Exported from search {name}, trial {row['run_name']} (MLflow run {row['run_id']}).\n"
+                         f"# Train it: smoothblock train --config THIS_FILE\n"
+                         + yaml.safe_dump(record(client, row, params, tmp + f"/{i}"), sort_keys=False)
                          + cfg.to_yaml())
-    for path, text in zip(targets, texts):
+    for path, text in zip(targets, texts):  # every file is read before any is written
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
     return targets
+
+
+def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dict[str, Any]:
+    """What an exported file claims: ``robust_acc`` (the audited figure for an audited finalist,
+    else the search's), ``clean_acc`` and, beside them, how each was measured."""
+    images = int(row["n"]) if "n" in row else int(params.get("val_images", 0))
+    out: dict[str, Any] = {"robust_acc": round(float(row.get(AUDITED, row[METRIC])), 4),
+                           "clean_acc": round(float(row["clean_acc"]), 4)}
+    search = {"split": "validation", "images": images, "seed": int(params.get("seed", 0)),
+              "attacks": json.loads(params.get("attacks", "[]")), "eps": "8/255",
+              "eot_iter": int(params.get("eot_iter", 0)), "eot_steps": int(params.get("eot_steps", 0)),
+              "robust_acc": round(float(row[METRIC]), 4),
+              "accuracy": {k: round(float(v), 4) for k, v in row.items() if k.endswith(("_acc", "_broke"))
+                           and not k.startswith("audit") and k != AUDITED}}
+    if AUDITED not in row:
+        out["audit"] = {"audited": False, "search": search}
+        return out
+    audit = json.loads(Path(client.download_artifacts(row["run_id"], "audit.json", tmp)).read_text())
+    metrics = audit["metrics"]
+    out["audit"] = {"audited": True, "obfuscated": bool(audit["reasons"]), "reasons": audit["reasons"],
+                    "split": "validation", "images": int(metrics["n"]), "seed": int(params.get("seed", 0)),
+                    "attacks": audit["attacks"] + ["unbounded"], "eps": "8/255 (unbounded: 1)",
+                    "eot_iter": int(params.get("eot_iter", 0)), "eot_steps": int(params.get("eot_steps", 0)),
+                    "accuracy": {k: round(float(v), 4) for k, v in metrics.items() if k.endswith(("_acc", "_broke"))},
+                    "search": search}
+    return out

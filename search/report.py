@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .export import pareto_front, rank
+from .export import AUDITED, pareto_front, rank
 from .tuner import Outcome
 
 SHOWN = ("method", "positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble",
@@ -15,7 +15,8 @@ def summary_table(rows: list[dict[str, Any]], metric: str, limit: int = 5) -> st
     """A markdown table of ``rows`` (already ordered): parameters that vary, then the scores."""
     rows = rows[:limit]
     params = [p for p in SHOWN if any(p in r for r in rows)]
-    header = ["trial", *params, "clean_acc", metric, "passes"]
+    audited = any(AUDITED in r for r in rows)
+    header = ["trial", *params, "clean_acc", metric, *(["audited", "obfuscated"] if audited else []), "passes"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = [str(row.get("trial_id", ""))]
@@ -23,7 +24,10 @@ def summary_table(rows: list[dict[str, Any]], metric: str, limit: int = 5) -> st
             value = row.get(p, "")
             cells.append(f"{value:.3f}" if isinstance(value, float) else
                          json.dumps(value) if isinstance(value, list) else str(value))
-        cells += [f"{row['clean_acc']:.4f}", f"{row[metric]:.4f}", str(row["passes"])]
+        cells += [f"{row['clean_acc']:.4f}", f"{row[metric]:.4f}" + (" (stopped)" if row.get("stopped_early") else "")]
+        if audited:
+            cells += [f"{row[AUDITED]:.4f}", "yes" if row["obfuscated"] else "no"] if AUDITED in row else ["", ""]
+        cells.append(str(row["passes"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -37,8 +41,19 @@ def print_summary(outcome: Outcome) -> None:
         best = pareto_front(finished, search.metric) if search.multi_objective else \
             rank(finished, search.metric, search.min_clean_acc)
         title = "Pareto front" if search.multi_objective else "best trials"
-        print(f"{title} (validation split, {search.val_images} images, objective {search.metric}):")
+        print(f"{title} (validation split, {search.val_images} images, objective {search.metric}: the per-image "
+              f"worst case over {', '.join(search.attacks)}):")
         print(summary_table(best, search.metric, limit=len(best) if search.multi_objective else 5))
+        audited = [r for r in rank(finished, search.metric, search.min_clean_acc) if AUDITED in r]
+        if audited:
+            print(f"audit of the {len(audited)} finalists ({search.audit_images} validation images; "
+                  "AutoAttack-rand, Square, EOT-PGD with twice the draws, PGD at eps 1):")
+            for row in audited:
+                worst = {k[:-6]: v for k, v in row["audit"].items() if k.endswith("_broke") and v > 0}
+                set_by = ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(worst.items(), key=lambda kv: -kv[1]))
+                verdict = "OBFUSCATED: " + "; ".join(row["audit_reasons"]) if row["obfuscated"] else "no indicator of a failed attack"
+                print(f"  {row['trial_id']}: robust_acc {row[search.metric]:.4f} -> audited {row[AUDITED]:.4f} "
+                      f"(images broken, %: {set_by or 'none'}; unbounded leaves {100 * row['audit']['unbounded_acc']:.1f}%); {verdict}")
     if outcome.baseline:
         print(f"undefended model on the same images: clean_acc {outcome.baseline['clean_acc']:.4f}, "
               f"{search.metric} {outcome.baseline[search.metric]:.4f}")

@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import time
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -28,6 +29,7 @@ from trainables.assets import Recorded, config_params, trial_config
 ROLE_TAG = "smoothblock.role"
 TRIAL_TAG = "ray.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+STOPPED_TAG = "smoothblock.stopped_early"  # the scheduler stopped the trial before its last report
 SAMPLED_TAG = "smoothblock.sampled"  # the values Optuna proposed for the trial (a starting point again)
 #: Result keys Tune adds to every report: bookkeeping, not measurements (time_total_s is kept).
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid", "time_since_restore",
@@ -162,7 +164,8 @@ def search_yaml(client: MlflowClient, parent_id: str) -> str:
 class TrialLogger(tune.Callback):
     """Tune callback: each trial's child run, its params, per-report metrics, status and artifacts."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config) -> None:
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config,
+                 max_iterations: int | None = None) -> None:
         """On resume, a new trial whose configuration equals that of a run FINISHED after Ray's
         last saved state takes that run over (trials are seeded: the trial reports that run's
         result instead of running, see ``trainables.assets.Recorded``)."""
@@ -170,6 +173,7 @@ class TrialLogger(tune.Callback):
         self.experiment_id = experiment_id
         self.parent_id = parent_id
         self.base = base
+        self.max_iterations = max_iterations  # reports of a trial that runs to the end
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()  # runs FINISHED before this driver: nothing more is logged to them
@@ -248,6 +252,10 @@ class TrialLogger(tune.Callback):
         run_id = self.run_id(trial, trials)
         if run_id in self._done:
             return
+        reached = int((trial.last_result or {}).get("training_iteration", 0))
+        if self.max_iterations and reached < self.max_iterations:
+            # ASHA stopped it; its figures rest on fewer images (posthoc) or epochs (train).
+            self.client.set_tag(run_id, STOPPED_TAG, f"after {reached} of {self.max_iterations} reports")
         checkpoint = trial.checkpoint
         if checkpoint is not None:
             with checkpoint.as_directory() as folder:
@@ -272,6 +280,25 @@ class TrialLogger(tune.Callback):
                                 "the resumed search ran another trial in its place")
             self.client.set_terminated(run.info.run_id, status="KILLED")
         close_interrupted(self.client, self.experiment_id, self.parent_id)
+
+
+def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial_id: str):
+    """The child run of Ray trial ``trial_id``, or None."""
+    runs = client.search_runs([experiment_id], max_results=1,
+                              filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'")
+    return runs[0] if runs else None
+
+
+def log_audit(client: MlflowClient, run_id: str, audit: dict[str, Any]) -> None:
+    """A finalist's audit on its run: ``audit_<metric>`` for each figure, ``audited_robust_acc``
+    (the figure that replaces its score), tags ``obfuscated`` and ``obfuscated_reason``, ``audit.json``."""
+    metrics = [Metric(f"audit_{k}", float(v), int(time.time() * 1000), 0) for k, v in audit["metrics"].items()]
+    metrics.append(Metric("audited_robust_acc", float(audit["metrics"]["robust_acc"]), int(time.time() * 1000), 0))
+    client.log_batch(run_id, metrics=metrics)
+    client.set_tag(run_id, "obfuscated", "true" if audit["reasons"] else "false")
+    if audit["reasons"]:
+        client.set_tag(run_id, "obfuscated_reason", "; ".join(audit["reasons"]))
+    client.log_dict(run_id, audit, "audit.json")
 
 
 def trial_error(trial) -> str:

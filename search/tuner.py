@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
-from trainables import load_assets, posthoc_trial, training_trial, undefended_score
+from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
 from trainables.assets import Assets, Recorded
 
 from . import tracking
@@ -73,6 +73,13 @@ def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | No
     resources = {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
     return tune.with_resources(tune.with_parameters(function, search=search, assets=assets, recorded=recorded),
                                resources)
+
+
+def _load_assets(search: SearchConfig) -> Assets:
+    # A posthoc search keeps the audit's images too (the audit runs on more images than the trials).
+    images = search.audit_images if search.trainable == "posthoc" else search.val_images
+    return load_assets(search.trainable, search.base, search.model, images, search.attacks,
+                       search.attack_settings(), search.seed)
 
 
 def init_ray(address: str | None) -> None:
@@ -148,7 +155,7 @@ BASELINE_PREFIX = "undefended_"
 
 def start_baseline(search: SearchConfig, assets: Assets, client, parent_id: str):
     """A posthoc search's reference point, as a Ray task beside the trials: the trained model
-    without defense under the same attack, images and seed. None when there is no trained model
+    without defense under the same attacks, images and seeds. None when there is no trained model
     or the parent run already holds it (a resumed search)."""
     if search.trainable != "posthoc":
         return None
@@ -164,8 +171,9 @@ def finish_baseline(search: SearchConfig, client, parent_id: str, task) -> dict[
     what the parent run holds."""
     if task is not None:
         scores = ray.get(task)
-        for key in ("clean_acc", search.metric):
-            client.log_metric(parent_id, f"{BASELINE_PREFIX}{key}", float(scores[key]))
+        for key, value in scores.items():
+            if key.endswith(("_acc", "_broke")):
+                client.log_metric(parent_id, f"{BASELINE_PREFIX}{key}", float(value))
     logged = client.get_run(parent_id).data.metrics
     found = {k[len(BASELINE_PREFIX):]: v for k, v in logged.items() if k.startswith(BASELINE_PREFIX)}
     return found or None
@@ -185,7 +193,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
                           "(or purge it with `mlflow gc`)")
     if existing is not None or store.exists(name):
         raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
-    assets = load_assets(search.trainable, search.base, search.model, search.val_images)
+    assets = _load_assets(search)
     init_ray(address)
     concurrent = search.max_concurrent_trials or check_resources(search)
     # The configuration is written first: a driver killed from here on leaves a search --resume completes.
@@ -203,7 +211,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
         store.remove(name)
         raise
     baseline = start_baseline(search, assets, client, parent_id)
-    return _finish(tuner, search, client, uri, experiment_id, parent_id, store.folder(name), baseline)
+    return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, store.folder(name), baseline)
 
 
 def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
@@ -238,7 +246,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         store.write_text(name, SEARCH_FILE, search.to_yaml())
     if not store.exists(name, STATE_FILE):
         _write_state_file(store, name, uri, experiment_id, parent_id)
-    assets = load_assets(search.trainable, search.base, search.model, search.val_images)
+    assets = _load_assets(search)
     init_ray(address)
     concurrent = search.max_concurrent_trials or check_resources(search)
     recorded = tracking.recorded_results(client, experiment_id, parent_id)
@@ -263,7 +271,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         tuner = _new_tuner(search.replace(points_to_evaluate=redo), assets, store, uri, experiment_id,
                            parent_id, concurrent, recorded)
     baseline = start_baseline(search, assets, client, parent_id)
-    return _finish(tuner, search, client, uri, experiment_id, parent_id, folder, baseline)
+    return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
 
 
 def _resume_tracking_uri(store: Storage, name: str, mlflow_uri: str | None) -> str:
@@ -296,27 +304,32 @@ def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, e
             name=search.name, storage_path=store.uri, verbose=1,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base)]))
+            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search))]))
 
 
 def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
     scheduler = None
-    if search.trainable == "train":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=resolve_recipe(search.base).epochs,
-                                  grace_period=search.grace_period, reduction_factor=search.reduction_factor,
-                                  **({"metric": search.metric, "mode": "max"} if search.multi_objective else {}))
+    if search.scheduler == "asha":
+        # Rungs over epochs (train) or over chunks of validation images (posthoc: multi-fidelity).
+        max_t = resolve_recipe(search.base).epochs if search.trainable == "train" else search.chunks
+        if max_t > 1:
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
+                                      grace_period=min(search.grace_period, max_t),
+                                      reduction_factor=search.reduction_factor,
+                                      **({"metric": search.metric, "mode": "max"} if search.multi_objective else {}))
     single = {} if search.multi_objective else {"metric": search.metric, "mode": "max"}
     return tune.TuneConfig(search_alg=make_searcher(search), scheduler=scheduler, num_samples=search.trials,
                            max_concurrent_trials=concurrent, reuse_actors=True, **single)
 
 
-def _finish(tuner, search, client, uri, experiment_id, parent_id, folder, baseline_task) -> Outcome:
+def _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline_task) -> Outcome:
     status = "FAILED"
     try:
         grid = tuner.fit()
-        rows = trial_rows(grid)
-        summarize(client, parent_id, search, rows)
+        rows = trial_rows(grid, max_iterations(search))
         baseline = finish_baseline(search, client, parent_id, baseline_task)
+        audit_finalists(search, assets, client, experiment_id, parent_id, rows)
+        summarize(client, parent_id, search, rows)
         status = "FINISHED"
     finally:
         tracking.close_interrupted(client, experiment_id, parent_id)
@@ -324,15 +337,57 @@ def _finish(tuner, search, client, uri, experiment_id, parent_id, folder, baseli
     return Outcome(search, tracking.redact(uri), experiment_id, parent_id, folder, rows, baseline)
 
 
-def trial_rows(grid) -> list[dict[str, Any]]:
-    """One row per trial: its parameters, last metrics and status."""
+def max_iterations(search: SearchConfig) -> int:
+    """Reports of a trial that runs to the end: epochs (train) or chunks of images (posthoc)."""
+    return resolve_recipe(search.base).epochs if search.trainable == "train" else search.chunks
+
+
+def trial_rows(grid, last_iteration: int) -> list[dict[str, Any]]:
+    """One row per trial: its parameters, last metrics, status and whether the scheduler stopped
+    it before ``last_iteration`` (its figures then rest on fewer images or epochs)."""
     rows = []
     for result in grid:
-        row = {"trial_id": result.metrics.get("trial_id") if result.metrics else None,
-               "status": "ERROR" if result.error else "TERMINATED", **(result.config or {})}
-        row.update({k: v for k, v in (result.metrics or {}).items() if k not in tracking.TUNE_KEYS})
+        metrics = result.metrics or {}
+        row = {"trial_id": metrics.get("trial_id"), "status": "ERROR" if result.error else "TERMINATED",
+               **(result.config or {}), "stopped_early": metrics.get("training_iteration", 0) < last_iteration}
+        row.update({k: v for k, v in metrics.items() if k not in tracking.TUNE_KEYS})
         rows.append(row)
     return rows
+
+
+def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id: str, parent_id: str,
+                    rows: list[dict[str, Any]]) -> None:
+    """Audit the ``audit_top`` best trials that ran to the end (:mod:`smoothblock.audit`), as Ray
+    tasks in parallel; record each audit on the trial's run (``audit_*`` metrics, ``audited_robust_acc``,
+    tags ``obfuscated`` and ``obfuscated_reason``, ``audit.json``) and in its row. A resumed search
+    keeps the audits its runs hold."""
+    if search.trainable != "posthoc" or search.audit_top == 0:
+        return
+    complete = [r for r in rows if r["status"] == "TERMINATED" and search.metric in r and not r["stopped_early"]]
+    finalists = rank(complete, search.metric, search.min_clean_acc)[:search.audit_top]
+    runs = {r["trial_id"]: tracking.trial_run(client, experiment_id, parent_id, r["trial_id"]) for r in finalists}
+    task = ray.remote(audit_defense).options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
+    shared = ray.put(assets)
+    pending = {r["trial_id"]: task.remote(r, search, shared) for r in finalists
+               if runs[r["trial_id"]] is None or f"{AUDITED}" not in runs[r["trial_id"]].data.metrics}
+    for row in finalists:
+        run = runs[row["trial_id"]]
+        if row["trial_id"] in pending:
+            result = ray.get(pending[row["trial_id"]])
+            metrics, reasons = result["metrics"], result["reasons"]
+            if run is not None:
+                tracking.log_audit(client, run.info.run_id, result)
+        else:
+            metrics = {k[len(AUDIT_PREFIX):]: v for k, v in run.data.metrics.items() if k.startswith(AUDIT_PREFIX)}
+            reasons = [x for x in run.data.tags.get("obfuscated_reason", "").split("; ") if x]
+        row[AUDITED] = metrics["robust_acc"]
+        row["obfuscated"] = bool(reasons)
+        row["audit_reasons"] = reasons
+        row["audit"] = metrics
+
+
+AUDIT_PREFIX = "audit_"
+AUDITED = "audited_robust_acc"
 
 
 def summarize(client, parent_id: str, search: SearchConfig, rows: list[dict[str, Any]]) -> None:
@@ -345,4 +400,7 @@ def summarize(client, parent_id: str, search: SearchConfig, rows: list[dict[str,
         best = ranked[0]
         for key in ("clean_acc", search.metric, "passes"):
             client.log_metric(parent_id, f"best_{key}", float(best[key]))
+        if AUDITED in best:  # the figure the search stands behind: the audited one
+            client.log_metric(parent_id, f"best_{AUDITED}", float(best[AUDITED]))
+            client.set_tag(parent_id, "best_obfuscated", str(best["obfuscated"]).lower())
         client.set_tag(parent_id, "best_trial_id", str(best["trial_id"]))

@@ -1,184 +1,222 @@
-"""Attacks through torchattacks, always against the whole defended model (ensemble included).
+"""The attack registry: every attack the project runs, one entry each, built from torchattacks.
 
-* FGSM (Goodfellow et al. 2015) at eps in {1, 2, 4, 8, 16, 32}/255.
-* PGD (Madry et al. 2018): L-inf, eps 8/255, alpha 2/255, 7 steps, random start.
-* EOT-PGD (Athalye et al. 2018): PGD whose gradient is averaged over ``eot_iter`` draws of the
-  defense's randomness: the honest attack on a randomised model.
-* C&W L2 (Carlini & Wagner 2017), targeted, with a per-sample binary search over c. The thesis
-  used ART 0.4's defaults (10 binary-search steps, 10 iterations, lr 0.01, initial c 0.01,
-  confidence 0), reproduced here. torchattacks' CW takes one c for the whole batch, so the search
-  is driven per sample by weighting each sample's term of the loss with its own c.
+Every attack targets the whole defended model (ensemble included) and is scored by one fresh
+forward pass of it. An entry says how to build the attack, the metrics it reports and its cost in
+gradient passes (or queries) per image and per model pass; :func:`smoothblock.evaluation.evaluate`,
+``smoothblock evaluate``, the search's ``attacks:`` suite and the audit read this table, so adding
+an attack is one :func:`register` call.
 
-Robust accuracy is the accuracy of one fresh forward pass of the defended model on the
-adversarial images. All metrics are fractions in [0, 1].
+* ``fgsm``: FGSM (Goodfellow et al. 2015) at each of ``fgsm_eps`` (in 1/255).
+* ``pgd``: L-inf PGD (Madry et al. 2018), eps 8/255, alpha 2/255, 7 steps, random start (thesis).
+* ``eot_pgd``: PGD whose gradient is averaged over ``eot_iter`` draws of the defense's randomness
+  (Athalye et al. 2018), ``eot_steps`` steps.
+* ``apgd``: APGD-CE (Croce & Hein 2020) with ``eot_iter`` draws per gradient.
+* ``autoattack_rand``: torchattacks' ``AutoAttack(version="rand")``: APGD-CE then APGD-DLR, 20 EOT
+  draws each, the second on the images the first left.
+* ``square``: Square (Andriushchenko et al. 2020), black-box, ``square_queries`` queries.
+* ``transfer``: PGD with ``transfer_steps`` steps crafted on the same weights with every
+  SmoothBlock/DropBlock switched off (the identity in their place: BPDA with the identity as the
+  layer's approximation, Athalye et al. 2018), then scored on the defended model. It ignores the
+  randomness instead of following it, so noisy gradients cannot hide from it.
+* ``unbounded``: PGD at eps = 1 (the whole image range). A working attack must then leave ~0%;
+  a sanity check of the other attacks (Pintor et al. 2022), not a threat model.
+* ``cw``: targeted C&W L2 with ART 0.4's defaults (the thesis' Table 4.1); reports its success rate
+  ``cw_asr`` beside its accuracy.
+
+All metrics are fractions in [0, 1].
 """
 from __future__ import annotations
 
 import contextlib
-import io
 from dataclasses import dataclass
+from typing import Callable, Iterator
 
 import torch
 import torchattacks
 from torch import nn
 
-ATTACKS = ("fgsm", "pgd", "eot_pgd", "cw")
+from .cw import cw_l2_targeted, predict, random_targets
+from .layers import RandomBlockLayer
+
 FGSM_EPS = (1, 2, 4, 8, 16, 32)
+
+__all__ = ["ATTACKS", "Attack", "AttackSettings", "attack_names", "defense_off", "get_attack", "metric_names",
+           "predict", "random_targets", "register"]
 
 
 @dataclass(frozen=True)
 class AttackSettings:
-    """Parameters of every attack; the defaults are the thesis' (Section 4, thesis-tables.md)."""
+    """Parameters of every attack; the PGD, FGSM and C&W defaults are the thesis' (Section 4)."""
 
     fgsm_eps: tuple[int, ...] = FGSM_EPS  # in units of 1/255
     pgd_eps: float = 8 / 255
     pgd_alpha: float = 2 / 255
     pgd_steps: int = 7
-    eot_iter: int = 10
+    # EOT: 20 steps of the gradient averaged over 16 draws. Doubling the draws changed the
+    # search's best post-hoc defense's robust accuracy by less than a point (docs in README).
+    eot_iter: int = 16
+    eot_steps: int = 20
+    apgd_steps: int = 20
+    square_queries: int = 1000
+    transfer_steps: int = 20
+    unbounded_steps: int = 20
     cw_search_steps: int = 10
     cw_steps: int = 10
     cw_lr: float = 0.01
     cw_initial_c: float = 0.01
     cw_kappa: float = 0.0
     cw_n: int = 1000  # C&W runs on the first cw_n images only, as in the thesis
-    # EOT-PGD costs eot_iter x pgd_steps gradient passes per image (70 by default), so it too
-    # runs on the first eot_n images only.
+    # The EOT attacks (eot_pgd, apgd, autoattack_rand) cost tens of passes per image and step, so
+    # they run on the first eot_n images only.
     eot_n: int = 1000
+    unbounded_n: int = 200  # the eps = 1 check needs few images to tell ~0% from 5%
 
 
-def metric_names(attacks: tuple[str, ...], settings: AttackSettings = AttackSettings()) -> list[str]:
-    """Flat metric names that :func:`evaluate` reports for ``attacks``."""
-    names = ["clean_acc"]
-    for attack in attacks:
-        if attack == "fgsm":
-            names += [f"fgsm_{e}_acc" for e in settings.fgsm_eps]
-        elif attack == "cw":
-            names += ["cw_acc", "cw_asr"]
-        else:
-            names.append(f"{attack}_acc")
-    return names
+Crafter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class _PerSampleCW(torchattacks.CW):
-    """torchattacks' CW with a per-sample c and the target masked out of the "other" maximum.
+@dataclass(frozen=True)
+class Attack:
+    """One registry entry.
 
-    torchattacks computes max_{i != t} Z_i as max((1 - onehot) * Z), which returns 0 instead of
-    the true maximum when all other logits are negative (always so for an ensemble's
-    log-probabilities); the mask below gives Carlini & Wagner's f exactly.
-
-    ``forward`` is torchattacks 3.5's loop (Adam on w in tanh space, the smallest-L2 success
-    kept, early stop when the cost stops falling). It is restated here because torchattacks
-    3.3, which pip picks next to MLflow, keeps the smallest-L2 *misclassified* image in targeted
-    mode rather than the smallest one classified as the target.
+    Attributes:
+        name: the name everywhere (CLI ``--attacks``, YAML ``attacks:``, metric ``<name>_acc``).
+        summary: one line for ``--help``.
+        build: ``(model, settings, num_classes, seed) -> {metric: crafter}``; a crafter maps images
+            (N, C, H, W) in [0, 1] and labels (N,) (targets for a targeted attack) to adversarial
+            images (N, C, H, W). One metric per crafter (FGSM: one per eps).
+        cost: gradient passes (queries for black-box attacks) per image and model pass.
+        kind: ``white`` (follows the defended model's gradient), ``transfer`` or ``black``.
+        limit: the :class:`AttackSettings` field capping how many images it runs on, or None.
+        targeted: crafters take target classes instead of labels (C&W); ``<name>_asr`` is reported.
+        cheap: in a worst-case cascade (see :func:`smoothblock.evaluation.evaluate`) it still runs on
+            every image, so its own accuracy is known; expensive attacks run on the survivors only.
     """
 
-    def __init__(self, model: nn.Module, c: torch.Tensor, **kwargs) -> None:
-        super().__init__(model, c=1.0, **kwargs)
-        self.c_per_sample = c
+    name: str
+    summary: str
+    build: Callable[[nn.Module, AttackSettings, int, int], dict[str, Crafter]]
+    cost: Callable[[AttackSettings], int]
+    kind: str = "white"
+    limit: str | None = None
+    targeted: bool = False
+    cheap: bool = False
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        images = images.clone().detach().to(self.device)
-        labels = labels.clone().detach().to(self.device)
-        goal = self.get_target_label(images, labels) if self.targeted else labels
-        w = self.inverse_tanh_space(images).detach().requires_grad_(True)
-        best_adv = images.clone()
-        best_l2 = torch.full((len(images),), 1e10, device=images.device)
-        prev_cost = float("inf")
-        optimizer = torch.optim.Adam([w], lr=self.lr)
-        for step in range(self.steps):
-            adv = self.tanh_space(w)
-            l2 = (adv - images).flatten(1).pow(2).sum(1)
-            outputs = self.get_logits(adv)
-            cost = l2.sum() + self.f(outputs, goal).sum()
-            optimizer.zero_grad()
-            cost.backward()
-            optimizer.step()
-            pred = outputs.detach().argmax(1)
-            success = pred == goal if self.targeted else pred != labels
-            better = success & (l2.detach() < best_l2)
-            best_l2 = torch.where(better, l2.detach(), best_l2)
-            best_adv = torch.where(better.view(-1, *[1] * (images.dim() - 1)), adv.detach(), best_adv)
-            if step % max(self.steps // 10, 1) == 0:
-                if cost.item() > prev_cost:
-                    break
-                prev_cost = cost.item()
-        return best_adv
-
-    def f(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        target = nn.functional.one_hot(labels, outputs.shape[1]).bool()
-        other = outputs.masked_fill(target, float("-inf")).amax(dim=1)
-        real = outputs.gather(1, labels[:, None]).squeeze(1)
-        diff = other - real if self.targeted else real - other
-        return self.c_per_sample * torch.clamp(diff, min=-self.kappa)
+    def metrics(self, settings: AttackSettings) -> list[str]:
+        """The accuracy metrics the attack reports (without building it)."""
+        if self.name == "fgsm":
+            return [f"fgsm_{e}_acc" for e in settings.fgsm_eps]
+        return [f"{self.name}_acc"]
 
 
-def _targeted(attack: torchattacks.Attack, targets: torch.Tensor) -> torchattacks.Attack:
-    with contextlib.redirect_stdout(io.StringIO()):  # torchattacks prints the mode change
-        attack.set_mode_targeted_by_function(lambda images, labels: targets)
+ATTACKS: dict[str, Attack] = {}
+
+
+def register(attack: Attack) -> Attack:
+    """Add ``attack`` to the registry (its name must be new)."""
+    if attack.name in ATTACKS:
+        raise ValueError(f"attack {attack.name!r} is registered already")
+    ATTACKS[attack.name] = attack
     return attack
 
 
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Labels from one forward pass of ``model``; (N, C, H, W) -> (N,)."""
-    return model(images).argmax(dim=1)
+def get_attack(name: str) -> Attack:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+    return ATTACKS[name]
 
 
-def cw_l2_targeted(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                   settings: AttackSettings = AttackSettings()) -> torch.Tensor:
-    """Targeted C&W L2 with a binary search over c for every sample.
+def attack_names() -> tuple[str, ...]:
+    return tuple(ATTACKS)
 
-    Args:
-        model: the defended model, images in [0, 1] -> logits.
-        images: (N, C, H, W) in [0, 1].
-        targets: (N,) target classes.
 
-    Returns:
-        Adversarial images (N, C, H, W): for each sample the smallest-L2 image that was classified
-        as its target during the search, or the original image where none was (as ART returns).
+def metric_names(attacks: tuple[str, ...], settings: AttackSettings = AttackSettings()) -> list[str]:
+    """Accuracy metrics :func:`smoothblock.evaluation.evaluate` reports for ``attacks`` (standalone)."""
+    names = ["clean_acc"]
+    for name in attacks:
+        attack = get_attack(name)
+        names += attack.metrics(settings)
+        if attack.targeted:
+            names.append(f"{name}_asr")
+    return names
+
+
+@contextlib.contextmanager
+def defense_off(model: nn.Module) -> Iterator[nn.Module]:
+    """Within the block, every SmoothBlock/DropBlock/mixed layer of ``model`` is the identity.
+
+    A self-ensemble of a model without active random layers makes one deterministic pass, so the
+    whole defended model becomes the undefended network with the same weights.
     """
-    n = len(images)
-    device = images.device
-    c = torch.full((n,), settings.cw_initial_c, device=device)
-    lower = torch.zeros(n, device=device)
-    upper = torch.full((n,), 1e10, device=device)
-    best = images.clone()
-    best_l2 = torch.full((n,), float("inf"), device=device)
-    for _ in range(settings.cw_search_steps):
-        attack = _targeted(_PerSampleCW(model, c, kappa=settings.cw_kappa, steps=settings.cw_steps,
-                                        lr=settings.cw_lr), targets)
-        adv = attack(images, targets)
-        l2 = (adv - images).flatten(1).pow(2).sum(1)
-        success = (predict(model, adv) == targets) & (l2 > 0)
-        improved = success & (l2 < best_l2)
-        best[improved] = adv[improved]
-        best_l2 = torch.where(improved, l2, best_l2)
-        # Carlini & Wagner's schedule: halve the bracket on success, else raise c (x10 while unbounded).
-        upper = torch.where(success, torch.minimum(upper, c), upper)
-        lower = torch.where(success, lower, torch.maximum(lower, c))
-        bounded = upper < 1e9
-        c = torch.where(bounded, (lower + upper) / 2, c * 10)
-    return best
+    layers = [m for m in model.modules() if isinstance(m, RandomBlockLayer)]
+    saved = [(m.active_in_train, m.active_in_eval) for m in layers]
+    try:
+        for m in layers:
+            m.active_in_train = m.active_in_eval = False
+        yield model
+    finally:
+        for m, (train, evaluate) in zip(layers, saved):
+            m.active_in_train, m.active_in_eval = train, evaluate
 
 
-def _random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    shift = torch.randint(1, num_classes, labels.shape, generator=generator)
-    return (labels.cpu() + shift) % num_classes
+def _pgd(model: nn.Module, s: AttackSettings, *, steps: int, eps: float | None = None,
+         alpha: float | None = None, random_start: bool = True) -> torchattacks.Attack:
+    return torchattacks.PGD(model, eps=s.pgd_eps if eps is None else eps, alpha=s.pgd_alpha if alpha is None else alpha,
+                            steps=steps, random_start=random_start)
 
 
-def attack_batch(name: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                 settings: AttackSettings, *, targets: torch.Tensor | None = None,
-                 eps: float | None = None) -> torch.Tensor:
-    """Adversarial images for one batch; ``name`` in fgsm, pgd, eot_pgd, cw."""
-    if name == "fgsm":
-        return torchattacks.FGSM(model, eps=eps)(images, labels)
-    if name == "pgd":
-        return torchattacks.PGD(model, eps=settings.pgd_eps, alpha=settings.pgd_alpha,
-                                steps=settings.pgd_steps, random_start=True)(images, labels)
-    if name == "eot_pgd":
-        return torchattacks.EOTPGD(model, eps=settings.pgd_eps, alpha=settings.pgd_alpha,
-                                   steps=settings.pgd_steps, eot_iter=settings.eot_iter,
-                                   random_start=True)(images, labels)
-    if name == "cw":
-        return cw_l2_targeted(model, images, targets, settings)
-    raise ValueError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
+def _transfer(model: nn.Module, s: AttackSettings) -> Crafter:
+    pgd = _pgd(model, s, steps=s.transfer_steps)
+
+    def craft(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with defense_off(model):
+            return pgd(images, labels)
+    return craft
+
+
+register(Attack(
+    "fgsm", "FGSM at each fgsm_eps (1/255)", cheap=True,
+    build=lambda m, s, k, seed: {f"fgsm_{e}_acc": torchattacks.FGSM(m, eps=e / 255) for e in s.fgsm_eps},
+    cost=lambda s: len(s.fgsm_eps)))
+register(Attack(
+    "pgd", "L-inf PGD, pgd_steps steps of pgd_alpha, random start", cheap=True,
+    build=lambda m, s, k, seed: {"pgd_acc": _pgd(m, s, steps=s.pgd_steps)},
+    cost=lambda s: s.pgd_steps))
+register(Attack(
+    "transfer", "PGD crafted with the defense switched off, scored on the defended model", kind="transfer",
+    cheap=True, build=lambda m, s, k, seed: {"transfer_acc": _transfer(m, s)},
+    cost=lambda s: s.transfer_steps))
+register(Attack(
+    "eot_pgd", "PGD on the gradient averaged over eot_iter draws, eot_steps steps", limit="eot_n",
+    build=lambda m, s, k, seed: {"eot_pgd_acc": torchattacks.EOTPGD(
+        m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=s.eot_iter, random_start=True)},
+    cost=lambda s: s.eot_steps * s.eot_iter))
+register(Attack(
+    "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", limit="eot_n",
+    build=lambda m, s, k, seed: {"apgd_acc": torchattacks.APGD(
+        m, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=s.eot_iter, loss="ce", seed=seed, n_restarts=1)},
+    cost=lambda s: s.apgd_steps * s.eot_iter))
+register(Attack(
+    "autoattack_rand", "AutoAttack version rand: APGD-CE and APGD-DLR, 20 EOT draws", limit="eot_n",
+    build=lambda m, s, k, seed: {"autoattack_rand_acc": torchattacks.AutoAttack(
+        m, norm="Linf", eps=s.pgd_eps, version="rand", n_classes=k, seed=seed)},
+    cost=lambda s: 2 * 10 * 20))  # torchattacks: 10 APGD steps, 20 draws, two losses
+register(Attack(
+    "square", "Square, black-box, square_queries queries", kind="black", limit="eot_n",
+    build=lambda m, s, k, seed: {"square_acc": torchattacks.Square(
+        m, norm="Linf", eps=s.pgd_eps, n_queries=s.square_queries, n_restarts=1, seed=seed)},
+    cost=lambda s: s.square_queries))
+register(Attack(
+    "unbounded", "PGD at eps 1 (a sanity check: a working attack leaves ~0%)", limit="unbounded_n",
+    build=lambda m, s, k, seed: {"unbounded_acc": _pgd(m, s, steps=s.unbounded_steps, eps=1.0,
+                                                       alpha=2.5 / s.unbounded_steps, random_start=False)},
+    cost=lambda s: s.unbounded_steps))
+register(Attack(
+    "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", limit="cw_n", targeted=True,
+    build=lambda m, s, k, seed: {"cw_acc": lambda images, targets: cw_l2_targeted(m, images, targets, s)},
+    cost=lambda s: s.cw_search_steps * s.cw_steps))
+register(Attack(
+    "eot_pgd_x2", "eot_pgd with twice eot_iter draws (the audit's check that EOT has converged)", limit="eot_n",
+    build=lambda m, s, k, seed: {"eot_pgd_x2_acc": torchattacks.EOTPGD(
+        m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=2 * s.eot_iter, random_start=True)},
+    cost=lambda s: 2 * s.eot_steps * s.eot_iter))

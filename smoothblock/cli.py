@@ -22,8 +22,22 @@ from .errors import ConfigError, SmoothBlockError
 from .soup import SOUPS
 
 DEFENSE_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble", "defense_at")
-COLUMNS = [("clean_acc", "clean")] + [(f"fgsm_{e}_acc", f"FGSM {e}") for e in (1, 2, 4, 8, 16, 32)] + [
-    ("pgd_acc", "PGD"), ("cw_acc", "C&W acc"), ("cw_asr", "C&W ASR"), ("eot_pgd_acc", "EOT-PGD")]
+DEFAULT_ATTACKS = ("fgsm", "pgd", "transfer", "eot_pgd", "cw")
+TITLES = {"pgd": "PGD", "eot_pgd": "EOT-PGD", "apgd": "APGD", "autoattack_rand": "AA-rand", "square": "Square",
+          "transfer": "transfer", "unbounded": "eps 1", "cw": "C&W acc", "eot_pgd_x2": "EOT-PGD x2"}
+
+
+def columns(settings: AttackSettings = AttackSettings()) -> list[tuple[str, str]]:
+    """(metric, title) of the evaluation table, in registry order; ``worst`` is ``robust_acc``."""
+    cols = [("clean_acc", "clean")]
+    for name, attack in ATTACKS.items():
+        if name == "fgsm":
+            cols += [(f"fgsm_{e}_acc", f"FGSM {e}") for e in settings.fgsm_eps]
+        else:
+            cols.append((f"{name}_acc", TITLES.get(name, name)))
+        if attack.targeted:
+            cols.append((f"{name}_asr", f"{TITLES.get(name, name).split()[0]} ASR"))
+    return cols + [(f"{name}_broke", f"{TITLES.get(name, name)} broke") for name in ATTACKS] + [("robust_acc", "worst")]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -64,14 +78,25 @@ def add_commands(subparsers) -> None:
 
     ev = subparsers.add_parser("evaluate", help="clean and robust accuracy, thesis-style table")
     ev.add_argument("--model", required=True, help="a shipped model name or a checkpoint file")
-    ev.add_argument("--methods", nargs="+", choices=METHODS, default=["none", "dropblock", "smoothblock"],
-                    help="table rows; the defense options below apply to every defended row")
+    ev.add_argument("--methods", nargs="+", choices=METHODS, default=None,
+                    help="table rows (default: none dropblock smoothblock; with --config: none and its "
+                         "method); the defense options below apply to every defended row")
+    ev.add_argument("--config", default=None,
+                    help="take the defense (method, positions, block_size, ...) from this configuration "
+                         "file, for example one `smoothblock export` wrote; the flags below override it")
     ev.add_argument("--each_position", "--each-position", action="store_true",
                     help="one row per position in --positions for each defended method (thesis "
                          "Figure 4.3), instead of one row with the defense at all of them")
-    ev.add_argument("--attacks", nargs="+", choices=ATTACKS, default=list(ATTACKS))
+    ev.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(DEFAULT_ATTACKS), metavar="ATTACK",
+                    help="from the registry, run in this order: " + "; ".join(
+                        f"{a.name} ({a.summary}; {a.cost(AttackSettings())} passes per image)" for a in ATTACKS.values())
+                    + f" (default: {' '.join(DEFAULT_ATTACKS)}). The worst column counts an image robust only "
+                      "if every attack left it")
+    ev.add_argument("--cascade", action="store_true",
+                    help="run each expensive attack only on the images the attacks before it left (AutoAttack's "
+                         "way): the same worst case for less; those attacks then report what they broke")
     ev.add_argument("--n", type=int, default=1000,
-                    help="number of images (C&W and EOT-PGD: at most --cw_n and --eot_n of them)")
+                    help="number of images (C&W, the EOT attacks, Square: at most --cw_n and --eot_n of them)")
     ev.add_argument("--split", choices=["test", "val"], default="test")
     ev.add_argument("--data", default=None, help="cifar10 or an ImageFolder folder (default: the model's)")
     ev.add_argument("--json", default=None, help="write the metrics to this JSON file")
@@ -145,6 +170,11 @@ def run_evaluate(args: argparse.Namespace) -> int:
         raise ConfigError(f"--n must be >= 1, got {args.n}")
     device = resolve_device(args.device)
     defense = _overrides(args, DEFENSE_FIELDS)
+    methods = args.methods or ["none", "dropblock", "smoothblock"]
+    if args.config:
+        exported = Config.load(args.config)
+        defense = {**{k: getattr(exported, k) for k in DEFENSE_FIELDS}, **defense}
+        methods = args.methods or ["none", exported.method]
     path = resolve(args.model)
     saved, state_dict = load_checkpoint(path)  # read once; every row is built from it
 
@@ -152,7 +182,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         return model_from_state(apply_overrides(saved, path, **fields), state_dict, device=device, source=path)
 
     models = {}
-    for method in args.methods:  # build (and validate) every row before the long part starts
+    for method in dict.fromkeys(methods):  # build (and validate) every row before the long part starts
         row = dict(defense)
         if method != "none" and "defense_at" not in row and saved.defense_at == "train":
             # A defended row means "defense on at test time", also for a model trained with it.
@@ -186,7 +216,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     for method, model in models.items():
         started = time.perf_counter()
         logging.getLogger(__name__).info("evaluating %s on %d %s images", method, min(args.n, len(dataset)), args.split)
-        rows[method] = evaluate(model, dataset, attacks=tuple(args.attacks), n=args.n,
+        rows[method] = evaluate(model, dataset, attacks=tuple(args.attacks), n=args.n, cascade=args.cascade,
                                 batch_size=args.batch_size, settings=settings, seed=args.seed,
                                 device=device, num_classes=base_cfg.num_classes, progress=not args.quiet)
         seconds[method] = round(time.perf_counter() - started, 1)
@@ -194,17 +224,19 @@ def run_evaluate(args: argparse.Namespace) -> int:
                                          " ".join(f"{k}={v:.4f}" for k, v in rows[method].items()))
         if args.json:
             write_report(complete=len(rows) == len(models))
-    print(format_table(rows))
+    print(format_table(rows, settings))
     return 0
 
 
-def format_table(rows: dict[str, dict[str, float]]) -> str:
+def format_table(rows: dict[str, dict[str, float]], settings: AttackSettings = AttackSettings()) -> str:
     """The thesis-style table (percent): one row per method (``method`` or ``method@position``),
     the columns that were measured; a column measured on fewer images than the rest says on how many."""
     names = {"none": "no defense", "dropblock": "DropBlock", "smoothblock": "SmoothBlock", "mixed": "mixed"}
-    cols = [(key, title) for key, title in COLUMNS if any(key in r for r in rows.values())]
+    cols = [(key, title) for key, title in columns(settings) if any(key in r for r in rows.values())]
     first = next(iter(rows.values()), {})
-    fewer = {"cw_acc": "cw_n", "cw_asr": "cw_n", "eot_pgd_acc": "eot_n"}
+    fewer = {f"{name}_{kind}": attack.limit for name, attack in ATTACKS.items() if attack.limit
+             for kind in ("acc", "asr", "broke")}
+    fewer["robust_acc"] = "robust_n"
     titles = [f"{title} ({first[fewer[key]]})" if key in fewer and first.get(fewer[key], 0) < first.get("n", 0)
               else title for key, title in cols]
     header = "| defense | " + " | ".join(titles) + " |"

@@ -268,6 +268,10 @@ class Config:
             line = getattr(getattr(exc, "problem_mark", None), "line", None)
             where = f" at line {line + 1}" if line is not None else ""
             raise ConfigError(f"{source} is not valid YAML{where}") from None
+        if isinstance(data, dict):
+            # What an export records beside the configuration (the figure it claims and its audit):
+            # measurements of the model, not settings of a run, so training reads past them.
+            data = {k: v for k, v in data.items() if k not in RECORD_KEYS}
         return cls.from_dict({} if data is None else data, source=source)
 
     @classmethod
@@ -279,6 +283,10 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+#: Top-level keys of a configuration file that record results (``smoothblock export`` writes them).
+RECORD_KEYS = ("robust_acc", "clean_acc", "audit")
 
 
 def _check_type(name: str, value: Any, hint: Any) -> None:

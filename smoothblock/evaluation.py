@@ -1,82 +1,109 @@
-"""Clean and robust accuracy of a defended model on a dataset, as flat metrics."""
+"""Clean accuracy, each attack's accuracy and the per-image worst case, as flat metrics."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from .attacks import ATTACKS, AttackSettings, _random_targets, attack_batch, metric_names, predict
+from .attacks import AttackSettings, get_attack, predict, random_targets
 from .data import TensorDataset, iterate_batches
 
 
-def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ...] = ATTACKS,
+def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ...] = ("pgd",),
              n: int | None = None, batch_size: int = 256, settings: AttackSettings = AttackSettings(),
              seed: int = 0, device: str | torch.device = "cpu", num_classes: int = 10,
-             progress: bool = True) -> dict[str, float]:
-    """Clean accuracy and the accuracy under each attack, on the first ``n`` images of ``dataset``.
+             progress: bool = True, cascade: bool = False,
+             precomputed: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+    """Clean accuracy, the accuracy under each attack and ``robust_acc``, the per-image worst case.
+
+    An image counts towards ``robust_acc`` only if it is classified correctly clean and after every
+    attack (as AutoAttack reports), each scored by one fresh forward pass of ``model``.
 
     Args:
         model: the whole defended model (ensemble included), images in [0, 1] -> logits.
         dataset: uint8 images and labels.
-        attacks: any of fgsm, pgd, eot_pgd, cw.
-        n: number of images (None: all); C&W and EOT-PGD use the first ``settings.cw_n`` and
-            ``settings.eot_n`` of them.
+        attacks: names from :data:`smoothblock.attacks.ATTACKS`, run in this order.
+        n: number of images (None: all); an attack with a ``limit`` (C&W, the EOT attacks, the
+            unbounded check) runs on the first ``settings.<limit>`` of them only, and ``robust_acc``
+            counts the images every attack ran on (``robust_n``).
+        cascade: the worst case at a fraction of the cost (AutoAttack's way): an attack that is not
+            ``cheap`` runs only on the images still robust after the attacks before it, and reports
+            no accuracy of its own. Every attack reports ``<name>_broke``, the fraction of the images
+            it broke that the attacks before it had left: which attack set the worst case.
+            ``robust_acc`` is the same as without the cascade (up to the draws).
+        precomputed: attack name -> adversarial images (n, C, H, W) in [0, 1], aligned with the first
+            ``n`` images, used instead of crafting them (a search crafts the transfer examples once).
         seed: seeds the defense's draws, the attacks' random starts and the C&W targets, inside a
             forked RNG so the caller's random state is untouched.
 
     Returns:
-        ``{"clean_acc": ..., "fgsm_8_acc": ..., "pgd_acc": ..., "eot_pgd_acc": ..., "cw_acc": ...,
-        "cw_asr": ...}``, fractions in [0, 1] (see :func:`smoothblock.attacks.metric_names`), plus
-        ``n``, ``cw_n`` and ``eot_n``, the numbers of images used.
+        ``{"clean_acc", "<attack>_acc" (FGSM: "fgsm_<eps>_acc") or "<attack>_broke", "cw_asr",
+        "robust_acc"}`` as fractions, and the image counts ``n``, ``robust_n`` and, where an attack
+        is limited, ``eot_n``, ``cw_n``, ``unbounded_n``.
     """
-    unknown = [a for a in attacks if a not in ATTACKS]
-    if unknown:
-        raise ValueError(f"unknown attack {unknown[0]!r}; choose from {', '.join(ATTACKS)}")
+    entries = [get_attack(a) for a in attacks]
+    precomputed = precomputed or {}
     subset = dataset.take(slice(0, n)) if n is not None else dataset
+    for name, images in precomputed.items():
+        if len(images) < len(subset):
+            raise ValueError(f"precomputed {name} holds {len(images)} images, the evaluation needs {len(subset)}")
+    limits = {e.name: (getattr(settings, e.limit) if e.limit else len(subset)) for e in entries}
+    robust_limit = min([len(subset), *limits.values()])
     model = model.to(device).eval()
-    correct = {name: 0 for name in metric_names(tuple(attacks), settings)}
-    counted = {name: 0 for name in correct}
+    correct: dict[str, int] = {}
+    counted: dict[str, int] = {}
     target_gen = torch.Generator().manual_seed(seed)
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
+        crafters = {e.name: e.build(model, settings, num_classes, seed) for e in entries}
         seen = 0
         batches = iterate_batches(subset, batch_size, device=device)
         total = -(-len(subset) // batch_size)
         for images, labels in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-            _count(correct, counted, "clean_acc", predict(model, images) == labels)
-            for attack in attacks:
-                if attack == "fgsm":
-                    for eps in settings.fgsm_eps:
-                        adv = attack_batch("fgsm", model, images, labels, settings, eps=eps / 255)
-                        _count(correct, counted, f"fgsm_{eps}_acc", predict(model, adv) == labels)
-                elif attack in ("cw", "eot_pgd"):
-                    limit = settings.cw_n if attack == "cw" else settings.eot_n
-                    keep = max(0, min(len(labels), limit - seen))
-                    if keep == 0:
-                        continue
-                    x, y = images[:keep], labels[:keep]
-                    if attack == "cw":
-                        targets = _random_targets(y, num_classes, target_gen).to(device)
-                        pred = predict(model, attack_batch("cw", model, x, y, settings, targets=targets))
-                        _count(correct, counted, "cw_acc", pred == y)
-                        _count(correct, counted, "cw_asr", pred == targets)
-                    else:
-                        pred = predict(model, attack_batch("eot_pgd", model, x, y, settings))
-                        _count(correct, counted, "eot_pgd_acc", pred == y)
-                else:
-                    adv = attack_batch(attack, model, images, labels, settings)
-                    _count(correct, counted, f"{attack}_acc", predict(model, adv) == labels)
+            clean = predict(model, images) == labels
+            _count(correct, counted, "clean_acc", clean)
+            robust = clean.clone()
+            for entry in entries:
+                rows = torch.arange(len(labels), device=labels.device)[: max(0, limits[entry.name] - seen)]
+                if len(rows) == 0:
+                    continue
+                standalone = not cascade or entry.cheap
+                run = rows if standalone else rows[robust[rows]]
+                survived = torch.ones(len(rows), dtype=torch.bool, device=labels.device)
+                index_in_rows = torch.searchsorted(rows, run)
+                for metric, craft in crafters[entry.name].items():
+                    hits = torch.ones(len(run), dtype=torch.bool, device=labels.device)
+                    if len(run):
+                        if entry.name in precomputed:
+                            adv = precomputed[entry.name][seen + run.cpu()].to(device)
+                        elif entry.targeted:
+                            targets = random_targets(labels[run], num_classes, target_gen).to(device)
+                            adv = craft(images[run], targets)
+                        else:
+                            adv = craft(images[run], labels[run])
+                        pred = predict(model, adv)
+                        hits = pred == labels[run]
+                        if entry.targeted:
+                            _count(correct, counted, f"{entry.name}_asr", pred == targets)
+                    survived[index_in_rows] &= hits
+                    if standalone:
+                        _count(correct, counted, metric, hits)
+                if cascade:
+                    broke = robust[rows] & ~survived
+                    _count(correct, counted, f"{entry.name}_broke", broke)
+                robust[rows] &= survived
+            _count(correct, counted, "robust_acc", robust[: max(0, robust_limit - seen)])
             seen += len(labels)
     metrics = {name: correct[name] / counted[name] for name in correct if counted[name]}
     metrics["n"] = len(subset)
-    if "cw" in attacks:
-        metrics["cw_n"] = counted["cw_acc"]
-    if "eot_pgd" in attacks:
-        metrics["eot_n"] = counted["eot_pgd_acc"]
+    metrics["robust_n"] = counted.get("robust_acc", 0)
+    for entry in entries:
+        if entry.limit:
+            metrics[entry.limit] = min(limits[entry.name], len(subset))
     return metrics
 
 
 def _count(correct: dict, counted: dict, name: str, hits: torch.Tensor) -> None:
-    correct[name] += int(hits.sum())
-    counted[name] += len(hits)
+    correct[name] = correct.get(name, 0) + int(hits.sum())
+    counted[name] = counted.get(name, 0) + len(hits)

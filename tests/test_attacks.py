@@ -4,7 +4,8 @@ import torch
 from torch import nn
 
 from smoothblock import SelfEnsemble, SmoothBlock
-from smoothblock.attacks import AttackSettings, _PerSampleCW, attack_batch, cw_l2_targeted, metric_names
+from smoothblock.attacks import ATTACKS, AttackSettings, defense_off, get_attack, metric_names
+from smoothblock.cw import _PerSampleCW, cw_l2_targeted
 from smoothblock.data import TensorDataset
 from smoothblock.evaluation import evaluate
 
@@ -33,18 +34,60 @@ def _data(n=40):
     return TensorDataset((images * 255).round().to(torch.uint8), labels)
 
 
-def test_fgsm_and_pgd_stay_in_the_ball_and_break_an_undefended_model():
-    data = _data()
+def test_every_registered_attack_stays_in_its_ball_and_breaks_an_undefended_model():
+    data = _data(20)
     x, y = data.images.float() / 255, data.labels
     model = Brightness()
-    for name, eps in (("fgsm", 8 / 255), ("pgd", 8 / 255)):
-        adv = attack_batch(name, model, x, y, AttackSettings(), eps=eps)
-        assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1
-    metrics = evaluate(model, data, attacks=("fgsm", "pgd"), progress=False)
+    settings = AttackSettings(fgsm_eps=(8,), eot_iter=2, eot_steps=5, apgd_steps=5, square_queries=200,
+                              cw_search_steps=2, cw_steps=30, cw_lr=0.05)
+    for name, attack in ATTACKS.items():
+        assert attack.cost(settings) >= 1 and attack.summary
+        for metric, craft in attack.build(model, settings, 10, 0).items():
+            adv = craft(x, (y + 1) % 10 if attack.targeted else y)
+            eps = 1.0 if name in ("unbounded", "cw") else settings.pgd_eps
+            assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1, name
+            # Square's random stripes move the mean slowly: within its queries it breaks some only.
+            assert (model(adv).argmax(1) == y).float().mean() <= (0.9 if name == "square" else 0.1), name
+    metrics = evaluate(model, _data(), attacks=("fgsm", "pgd"), progress=False)
     assert metrics["clean_acc"] == 1.0
     assert metrics["fgsm_1_acc"] == 1.0  # 1/255 is too small to cross half the 0.04 gap
     assert metrics["fgsm_16_acc"] == 0.0 and metrics["pgd_acc"] == 0.0
     assert set(metric_names(("fgsm", "pgd"))) <= set(metrics)
+    assert metrics["robust_acc"] == 0.0
+
+
+def test_robust_acc_is_the_per_image_worst_case_not_the_lowest_figure():
+    data = _data(20)
+    x = data.images.float() / 255
+    # Two attacks that each break a different half-overlapping set: 0-9 and 5-14.
+    shift = torch.where(data.labels < 9, 0.04, -0.04).view(-1, 1, 1, 1)  # one class over
+    first, second = torch.zeros_like(shift), torch.zeros_like(shift)
+    first[0:10], second[5:15] = shift[0:10], shift[5:15]
+    metrics = evaluate(Brightness(), data, attacks=("transfer", "square"), progress=False,
+                       precomputed={"transfer": (x + first).clamp(0, 1), "square": (x + second).clamp(0, 1)})
+    assert metrics["transfer_acc"] == metrics["square_acc"] == 0.5
+    assert metrics["robust_acc"] == 0.25 and metrics["robust_n"] == 20  # images 15-19 survive both
+    cascade = evaluate(Brightness(), data, attacks=("transfer", "square"), progress=False, cascade=True,
+                       precomputed={"transfer": (x + first).clamp(0, 1), "square": (x + second).clamp(0, 1)})
+    # Square runs on the survivors only: it reports what it broke beyond transfer (images 10-14).
+    assert cascade["robust_acc"] == 0.25 and cascade["square_broke"] == 0.25 and "square_acc" not in cascade
+
+
+def test_the_transfer_attack_crafts_with_the_defense_off_and_scores_with_it_on():
+    model = SelfEnsemble(Brightness(SmoothBlock(3, 0.7)), 2)
+    layer = model.model.defense
+    with defense_off(model):
+        assert not layer.active and not layer.active_in_eval
+        x = torch.rand(2, 3, 8, 8)
+        assert torch.allclose(model(x), torch.log_softmax(Brightness()(x), dim=1), atol=1e-4)  # deterministic
+    assert layer.active_in_eval and layer.active_in_train
+    seen = []
+    original = layer.forward
+    layer.forward = lambda h: seen.append(layer.active) or original(h)
+    craft = get_attack("transfer").build(model, AttackSettings(transfer_steps=2), 10, 0)["transfer_acc"]
+    data = _data(10)
+    craft(data.images.float() / 255, data.labels)
+    assert seen and not any(seen)  # every pass while crafting ran without the defense
 
 
 def test_cw_binary_search_reaches_the_targets_with_small_l2():
@@ -76,7 +119,7 @@ def test_evaluate_is_reproducible_and_runs_every_attack_on_a_randomised_ensemble
     a = evaluate(model, data, attacks=("fgsm", "pgd", "eot_pgd", "cw"), settings=settings, seed=3, progress=False)
     b = evaluate(model, data, attacks=("fgsm", "pgd", "eot_pgd", "cw"), settings=settings, seed=3, progress=False)
     assert a == b
-    assert a["cw_n"] == 10 and a["eot_n"] == 7 and a["n"] == 20
+    assert a["cw_n"] == 10 and a["eot_n"] == 7 and a["n"] == 20 and a["robust_n"] == 7
     assert round(a["eot_pgd_acc"] * 7) == a["eot_pgd_acc"] * 7  # a fraction of the 7 images
     for name in metric_names(("fgsm", "pgd", "eot_pgd", "cw")):
         assert 0.0 <= a[name] <= 1.0

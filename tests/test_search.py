@@ -28,7 +28,8 @@ def _write(path, data):
 
 def _posthoc(tmp_path, image_folder, **changes):
     data = {"trainable": "posthoc", "model": str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder)),
-            "trials": 4, "val_images": 8,
+            "trials": 4, "val_images": 8, "chunk_images": 4, "audit_top": 2, "audit_images": 12,
+            "eot_iter": 2, "eot_steps": 2,
             "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False},
             "space": {"method": ["smoothblock", "dropblock"], "positions": [[1], [2]],
                       "block_size": {"low": 1, "high": 3}, "keep_prob": {"low": 0.5, "high": 0.9},
@@ -54,20 +55,24 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
             "--mlflow-uri", mlflow_server, "--storage", str(storage)]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "search posthoc-e2e: 4 trials finished, 0 failed" in out and "pgd_acc" in out
-    assert "undefended model on the same images" in out
+    assert "search posthoc-e2e: 4 trials finished, 0 failed" in out and "robust_acc" in out
+    assert "undefended model on the same images" in out and "audit of the 2 finalists" in out
 
     client, parent, children = _runs(mlflow_server, "posthoc-e2e")
-    assert parent.info.status == "FINISHED" and parent.data.params["attack"] == "pgd"
+    assert parent.info.status == "FINISHED" and parent.data.params["attacks"] == '["transfer", "pgd", "eot_pgd"]'
     assert parent.data.metrics["trials_finished"] == 4
-    # The reference point: the same model, images, attack and seed without a defense.
-    assert 0 <= parent.data.metrics["undefended_pgd_acc"] <= parent.data.metrics["undefended_clean_acc"] <= 1
+    # The reference point: the same model, images, attacks and seeds without a defense.
+    undefended = parent.data.metrics
+    assert 0 <= undefended["undefended_robust_acc"] <= undefended["undefended_pgd_acc"] <= undefended["undefended_clean_acc"] <= 1
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
     assert len({c.data.tags["ray.trial_id"] for c in children}) == 4
     for child in children:
         params, metrics = child.data.params, child.data.metrics
         assert params["method"] in ("smoothblock", "dropblock") and 0.5 <= float(params["keep_prob"]) <= 0.9
-        assert 0 <= metrics["pgd_acc"] <= metrics["clean_acc"] + 1e-9 <= 1 + 1e-9 and metrics["n"] == 8
+        # The worst case is below every attack's accuracy, and the scheduler stops after a chunk or none.
+        assert 0 <= metrics["robust_acc"] <= min(metrics["pgd_acc"], metrics["transfer_acc"]) <= metrics["clean_acc"] <= 1
+        assert metrics["n"] == (4 if "smoothblock.stopped_early" in child.data.tags else 8)
+        assert len(client.get_metric_history(child.info.run_id, "robust_acc")) == metrics["n"] // 4
         assert metrics["passes"] == int(params["ensemble"])
         artifact = client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id))
         cfg = Config.load(artifact)
@@ -77,11 +82,24 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     # The same name again is refused; the first search is untouched.
     fails_in_one_line(capsys, main, argv, "already exists")
 
+    # The two best complete trials were audited; the audited figure is the worst case over more attacks.
+    audited = [c for c in children if "audited_robust_acc" in c.data.metrics]
+    assert len(audited) == 2 and all(c.data.tags["obfuscated"] in ("true", "false") for c in audited)
+    for child in audited:
+        metrics = child.data.metrics
+        assert metrics["audit_n"] == 12 and 0 <= metrics["audited_robust_acc"] <= metrics["audit_clean_acc"]
+        assert {"audit_autoattack_rand_broke", "audit_square_broke", "audit_unbounded_acc"} <= set(metrics)
+
     best = tmp_path / "best.yaml"
     assert main(["export", "posthoc-e2e", "--mlflow-uri", mlflow_server, "-o", str(best)]) == 0
     exported = Config.load(best)
-    top = max(children, key=lambda c: (c.data.metrics["pgd_acc"], c.data.metrics["clean_acc"], -c.data.metrics["passes"]))
+    top = max(audited, key=lambda c: (c.data.metrics["audited_robust_acc"], c.data.metrics["clean_acc"],
+                                      -c.data.metrics["passes"]))
     assert exported.keep_prob == float(top.data.params["keep_prob"]) and exported.method == top.data.params["method"]
+    record = yaml.safe_load(best.read_text())
+    assert record["robust_acc"] == round(top.data.metrics["audited_robust_acc"], 4)
+    assert record["audit"]["audited"] and record["audit"]["images"] == 12
+    assert record["audit"]["obfuscated"] == (top.data.tags["obfuscated"] == "true")
     assert main(["export", "posthoc-e2e", "--mlflow-uri", mlflow_server, "--top", "2", "-o", str(best)]) == 0
     assert (tmp_path / "best-1.yaml").is_file() and (tmp_path / "best-2.yaml").is_file()
     # What export writes is what training takes.
@@ -98,7 +116,7 @@ def test_a_multi_objective_search_exports_its_pareto_front(tmp_path, image_folde
     assert "Pareto front (validation split, 8 images" in capsys.readouterr().out
     client, parent, children = _runs(mlflow_server, "pareto-e2e")
     assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
-    front = pareto_front([dict(c.data.metrics) for c in children], "pgd_acc")
+    front = pareto_front([dict(c.data.metrics) for c in children], "robust_acc")
     assert main(["export", "pareto-e2e", "--pareto", "--mlflow-uri", mlflow_server,
                  "-o", str(tmp_path / "front.yaml")]) == 0
     written = sorted(tmp_path.glob("front*.yaml"))
@@ -109,7 +127,7 @@ def test_a_multi_objective_search_exports_its_pareto_front(tmp_path, image_folde
 def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(tmp_path, image_folder,
                                                                               mlflow_server, local_ray, capsys):
     config = _write(tmp_path / "train.yaml", {
-        "trainable": "train", "model": None, "trials": 5, "val_images": 20, "attack": "fgsm",
+        "trainable": "train", "model": None, "trials": 5, "val_images": 20, "attacks": ["fgsm"],
         "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2,
         "base": {"data": str(image_folder), "val_size": 20, "epochs": 3, "batch_size": 16, "device": "cpu",
                  "bf16": False, "method": "smoothblock", "defense_at": "both"},

@@ -124,7 +124,13 @@ def test_starting_points_are_checked_against_the_space():
     ({"trials": 0}, "trials must be an integer >= 1"),
     ({"trials": 2.5}, "trials must be an integer >= 1"),
     ({"val_images": -1}, "val_images must be an integer >= 1"),
-    ({"attack": "cw"}, "attack must be one of"),
+    ({"attack": "pgd"}, "'attack' is now 'attacks'"),
+    ({"attacks": ["deepfool"]}, "unknown attack 'deepfool'"),
+    ({"attacks": ["unbounded"]}, "unknown attack 'unbounded'"),  # a check of the audit, not a threat model
+    ({"attacks": ["pgd", "pgd"]}, "each attack once"),
+    ({"attacks": []}, "attacks must be a non-empty list"),
+    ({"scheduler": "hyperband"}, "scheduler must be one of"),
+    ({"val_images": 600, "audit_images": 500}, "audit_images"),
     ({"trainable": "magic"}, "trainable must be one of"),
     ({"min_clean_acc": 1.5}, "min_clean_acc must be a fraction"),
     ({"gpus_per_trial": -1}, "gpus_per_trial must be a number >= 0"),
@@ -155,6 +161,14 @@ def test_ranking_puts_feasible_trials_first_and_the_pareto_front_drops_dominated
     assert [r["id"] for r in rank(rows, "pgd_acc")] == ["a", "b", "c", "d", "e"]
     assert [r["id"] for r in rank(rows, "pgd_acc", min_clean_acc=0.7)][:3] == ["b", "c", "d"]
     assert [r["id"] for r in pareto_front(rows, "pgd_acc")] == ["a", "b", "d"]
+
+
+def test_audited_finalists_rank_first_by_their_audited_figure_and_stopped_trials_last():
+    rows = [{"id": "masked", "clean_acc": 0.9, "robust_acc": 0.40, "audited_robust_acc": 0.01, "passes": 1},
+            {"id": "honest", "clean_acc": 0.9, "robust_acc": 0.20, "audited_robust_acc": 0.18, "passes": 1},
+            {"id": "lucky", "clean_acc": 0.9, "robust_acc": 0.60, "stopped_early": True, "passes": 1},
+            {"id": "plain", "clean_acc": 0.9, "robust_acc": 0.10, "passes": 1}]
+    assert [r["id"] for r in rank(rows, "robust_acc")] == ["honest", "masked", "plain", "lucky"]
 
 
 def test_a_resumed_trial_finds_its_recorded_result_by_id_or_by_configuration():

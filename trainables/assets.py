@@ -13,10 +13,12 @@ from typing import Any, Protocol
 import torch
 
 from smoothblock import Config
+from smoothblock.attacks import AttackSettings, get_attack
 from smoothblock.checkpoint import load_checkpoint
 from smoothblock.config import FIELD_NAMES
-from smoothblock.data import Splits, load_splits
+from smoothblock.data import Splits, TensorDataset, iterate_batches, load_splits
 from smoothblock.hub import network_from_state, resolve
+from smoothblock.train import resolve_device
 
 
 class Scoring(Protocol):
@@ -24,13 +26,19 @@ class Scoring(Protocol):
     trainables do not import the search package above them)."""
 
     model: str | None
-    attack: str
+    attacks: tuple[str, ...]
     val_images: int
-    eot_iter: int
+    chunk_images: int
+    audit_images: int
     seed: int
 
     @property
     def metric(self) -> str: ...
+
+    @property
+    def chunks(self) -> int: ...
+
+    def attack_settings(self) -> AttackSettings: ...
 
 
 def trial_config(base: Config, params: dict[str, Any]) -> Config:
@@ -80,16 +88,27 @@ class Assets:
             training images; never the test split.
         state_dict: the trained model (posthoc) or the weights to fine-tune from, else None.
         model_config: the configuration stored with those weights.
+        transfer: posthoc with ``transfer`` in the suite: its adversarial examples for the
+            validation images, (N, 3, H, W) in [0, 1]. They depend only on the weights and the
+            images (the defense is off while they are crafted), so the driver crafts them once and
+            every trial, the baseline and the audit score the same ones.
     """
 
     base: Config
     splits: Splits
     state_dict: dict[str, torch.Tensor] | None = None
     model_config: Config | None = None
+    transfer: torch.Tensor | None = None
+
+    def precomputed(self, start: int = 0, stop: int | None = None) -> dict[str, torch.Tensor] | None:
+        """The shared adversarial examples of validation images ``start:stop``, for ``evaluate``."""
+        return None if self.transfer is None else {"transfer": self.transfer[start:stop]}
 
 
-def load_assets(trainable: str, base: Config, model: str | None, val_images: int) -> Assets:
-    """Load the weights and the data a search needs (ConfigError/DataError/CheckpointError on bad input)."""
+def load_assets(trainable: str, base: Config, model: str | None, val_images: int,
+                attacks: tuple[str, ...] = (), settings: AttackSettings = AttackSettings(), seed: int = 0) -> Assets:
+    """Load the weights and the data a search needs (ConfigError/DataError/CheckpointError on bad
+    input); for a posthoc suite with ``transfer``, craft its examples (seeded by ``seed``)."""
     state_dict = model_config = None
     if model:
         path = resolve(model)
@@ -103,4 +122,22 @@ def load_assets(trainable: str, base: Config, model: str | None, val_images: int
                          subset=base.subset if trainable == "train" else 0,
                          cache_dir=base.cache_dir, need_test=False)
     splits = dataclasses.replace(splits, val=splits.val.take(slice(0, val_images)))
-    return Assets(base=base, splits=splits, state_dict=state_dict, model_config=model_config)
+    transfer = None
+    if trainable == "posthoc" and "transfer" in attacks:
+        transfer = craft_transfer(network_from_state(model_config.replace(method="none"), state_dict, path),
+                                  splits.val, settings, seed=seed, device=resolve_device(base.device))
+    return Assets(base=base, splits=splits, state_dict=state_dict, model_config=model_config, transfer=transfer)
+
+
+def craft_transfer(network: torch.nn.Module, val: TensorDataset, settings: AttackSettings, *, seed: int,
+                   device: torch.device, batch_size: int = 250) -> torch.Tensor:
+    """The transfer attack's examples for every image of ``val``, crafted on ``network`` (the
+    trained weights, no defense) with the registry's ``transfer`` entry: (N, 3, H, W) float in [0, 1]."""
+    network = network.to(device).eval()
+    crafted = []
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():
+        torch.manual_seed(seed)
+        craft = get_attack("transfer").build(network, settings, 0, seed)["transfer_acc"]
+        for images, labels in iterate_batches(val, batch_size, device=device):
+            crafted.append(craft(images, labels).cpu())
+    return torch.cat(crafted)

@@ -1,56 +1,95 @@
-"""Post-hoc trial (thesis Section 4.2): put the trial's defense into a trained model and score it."""
+"""Post-hoc trial (thesis Section 4.2): put the trial's defense into a trained model and score it.
+
+The score is ``robust_acc``, the per-image worst case over the search's attacks, on the first
+``val_images`` validation images. They are scored in chunks of ``chunk_images`` and the running
+figure is reported after each, so a scheduler (ASHA) can stop a clearly worse defense before it
+has seen them all: multi-fidelity over images.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from ray import tune
 
 from smoothblock import Config
-from smoothblock.attacks import AttackSettings
+from smoothblock.audit import audit
 from smoothblock.evaluation import evaluate
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
 from .assets import Assets, Recorded, Scoring, trial_config
 
-
-def objective_attacks(attack: str) -> tuple[str, ...]:
-    """The attacks a trial runs for its objective (``evaluate`` always adds clean accuracy)."""
-    return (attack,)
+#: Metrics that are counts, not fractions: summed over chunks, not averaged.
+COUNTS = ("n", "robust_n", "eot_n", "cw_n", "unbounded_n")
 
 
-def score(cfg: Config, search: Scoring, assets: Assets) -> dict[str, float]:
-    """``cfg``'s defense in the assets' trained model, scored on the first ``val_images``
-    validation images: ``clean_acc``, the objective's accuracy (``pgd_acc``, ...), ``n``, ``passes``."""
+def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[str, float]]:
+    """``cfg``'s defense in the assets' trained model, scored chunk by chunk on the first
+    ``val_images`` validation images; yields the running metrics after each chunk: ``clean_acc``,
+    ``robust_acc``, each attack's ``<name>_acc`` or ``<name>_broke``, ``n`` (images so far), ``passes``."""
     device = resolve_device(cfg.device)
     torch.set_grad_enabled(True)
     model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
-    metrics = evaluate(model, assets.splits.val, attacks=objective_attacks(search.attack),
-                       n=search.val_images, settings=AttackSettings(eot_iter=search.eot_iter, eot_n=search.val_images),
-                       seed=search.seed, device=device, num_classes=cfg.num_classes, progress=False)
-    metrics["passes"] = cfg.passes
+    val = assets.splits.val
+    total = min(search.val_images, len(val))
+    sums: dict[str, float] = {}
+    for chunk, start in enumerate(range(0, total, search.chunk_images)):
+        stop = min(total, start + search.chunk_images)
+        # Each chunk is seeded on its own, so a chunk's figures do not depend on the chunks before.
+        metrics = evaluate(model, val.take(slice(start, stop)), attacks=search.attacks,
+                           settings=search.attack_settings(), seed=search.seed + chunk, device=device,
+                           num_classes=cfg.num_classes, progress=False, cascade=True,
+                           precomputed=assets.precomputed(start, stop))
+        for key, value in metrics.items():
+            sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * metrics["n"])
+        running = {k: (v if k in COUNTS else v / sums["n"]) for k, v in sums.items()}
+        running["passes"] = cfg.passes
+        yield running
+
+
+def score(cfg: Config, search: Scoring, assets: Assets) -> dict[str, float]:
+    """The final metrics of :func:`score_chunks` (all ``val_images`` images)."""
+    for metrics in score_chunks(cfg, search, assets):
+        pass
     return metrics
 
 
 def undefended_score(search: Scoring, assets: Assets) -> dict[str, float]:
-    """The reference every trial is compared with: the same model, images, attack and seed, no defense."""
+    """The reference every trial is compared with: the same model, images, attacks and seeds, no defense."""
     return score(assets.base.replace(method="none"), search, assets)
+
+
+def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets) -> dict[str, Any]:
+    """The audit (:func:`smoothblock.audit.audit`) of a trial's defense on the first ``audit_images``
+    validation images: ``{"metrics": {...}, "reasons": [...], "attacks": [...]}``."""
+    cfg = trial_config(assets.base, params)
+    device = resolve_device(cfg.device)
+    torch.set_grad_enabled(True)
+    model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
+    result = audit(model, assets.splits.val, suite=search.attacks, n=search.audit_images,
+                   settings=search.attack_settings(), seed=search.seed, device=device,
+                   num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images))
+    return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks)}
 
 
 def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
                   recorded: Recorded | None = None) -> None:
-    """Ray Tune function trainable: one evaluation on the validation split, one report.
+    """Ray Tune function trainable: one report per chunk of validation images.
 
     Args:
         params: the trial's sampled configuration fields (from :mod:`search.space`).
-        search: the search's configuration (attack, val_images, eot_iter, seed, model).
-        assets: weights and validation images from the object store.
+        search: the search's configuration (attacks, val_images, chunk_images, seed, model).
+        assets: weights, validation images and the shared transfer examples, from the object store.
         recorded: on resume, what MLflow already holds as FINISHED: a trial found there (by id,
             or by its configuration) reports that result instead of running again.
 
-    Reports ``clean_acc``, the objective's accuracy (``pgd_acc``, ...), ``passes`` and ``n``.
+    Reports ``clean_acc``, ``robust_acc``, the attacks' metrics, ``passes`` and ``n``.
     """
     cfg = trial_config(assets.base, params)
     done = recorded.lookup(tune.get_context().get_trial_id(), cfg) if recorded else None
-    tune.report(done if done is not None else score(cfg, search, assets))
+    if done is not None:
+        tune.report(done)
+        return
+    for metrics in score_chunks(cfg, search, assets):
+        tune.report(metrics)

@@ -17,13 +17,11 @@ import torch
 from ray import tune
 from torch import nn
 
-from smoothblock.attacks import AttackSettings
 from smoothblock.defended import wrap_for_inference
 from smoothblock.evaluation import evaluate
 from smoothblock.train import resolve_device, train
 
 from .assets import Assets, Recorded, Scoring, trial_config
-from .posthoc import objective_attacks
 
 
 def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
@@ -31,7 +29,8 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
     """Ray Tune function trainable: ``smoothblock.train`` with a report and a checkpoint per epoch.
 
     Reports the training log's fields (``train_loss``, ``train_acc``, ``epoch``, ``lr``) and the
-    defended model's ``clean_acc``, objective accuracy (``pgd_acc``, ...) and ``passes``.
+    defended model's ``clean_acc``, ``robust_acc`` (the worst case over the search's attacks), the
+    attacks' metrics and ``passes``.
     """
     # A trial MLflow holds as FINISHED, restored by Ray as unfinished or lost by Ray altogether
     # (the driver died between the two): its last result again, not another training. Training
@@ -52,11 +51,12 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
             with checkpoint.as_directory() as folder:
                 shutil.copy2(Path(folder) / "last.pt", work / "last.pt")
             resume = True
-        settings = AttackSettings(eot_iter=search.eot_iter, eot_n=search.val_images)
+        settings = search.attack_settings()
 
         def report(epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
             defended = wrap_for_inference(model, cfg).eval()
-            scores = evaluate(defended, assets.splits.val, attacks=objective_attacks(search.attack),
+            # The transfer examples are crafted on this epoch's weights with the defense off.
+            scores = evaluate(defended, assets.splits.val, attacks=search.attacks, cascade=True,
                               n=search.val_images, settings=settings, seed=search.seed, device=device,
                               num_classes=cfg.num_classes, progress=False)
             model.train()

@@ -1,0 +1,110 @@
+"""An audit of a defense's robust accuracy: stronger attacks and the indicators of a failed attack.
+
+Randomised defenses often look robust because the attacks fail, not because the model resists
+them (Athalye et al. 2018). The audit runs the checks of AutoAttack (Croce & Hein 2020) and of
+"Indicators of Attack Failure" (Pintor et al. 2022) on one defended model:
+
+* the white-box attacks first (the suite's own, AutoAttack-rand, EOT-PGD with twice the draws),
+  then the transfer attack (crafted with the defense off) and the black-box Square, each on the
+  images the attacks before it left (a cascade; see :func:`smoothblock.evaluation.evaluate`);
+* ``transfer/black-box``: if the transfer and black-box attacks break more than
+  ``max_transfer_gain`` of the images the white-box attacks left, the white-box gradients are
+  useless (masked, noisy or shattered) and the white-box figure is not a bound;
+* ``unbounded``: PGD at eps = 1 must leave about 0%; more than ``max_unbounded_acc`` robust means
+  the gradient attack cannot move the prediction at all;
+* ``EOT not converged``: if EOT-PGD with twice the draws breaks more than ``max_eot_gain`` of the
+  images everything before it left, the expectation is not estimated well enough.
+
+Any one of them marks the defense ``obfuscated``. The audited ``robust_acc`` is the per-image
+worst case over every attack run (the unbounded check excluded), whatever the verdict.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .attacks import AttackSettings, get_attack
+from .data import TensorDataset
+from .evaluation import evaluate
+
+AUDIT_ATTACKS = ("autoattack_rand", "eot_pgd_x2")
+LAST_ATTACKS = ("transfer", "square")
+
+
+@dataclass(frozen=True)
+class AuditThresholds:
+    max_transfer_gain: float = 0.02
+    max_unbounded_acc: float = 0.05
+    max_eot_gain: float = 0.01
+
+
+@dataclass
+class AuditResult:
+    """``metrics``: the cascade's and the unbounded check's metrics; ``reasons``: one line per
+    check that failed (empty: not obfuscated); ``attacks``: the order they ran in."""
+
+    metrics: dict[str, float]
+    reasons: list[str] = field(default_factory=list)
+    attacks: tuple[str, ...] = ()
+
+    @property
+    def obfuscated(self) -> bool:
+        return bool(self.reasons)
+
+    @property
+    def robust_acc(self) -> float:
+        return self.metrics["robust_acc"]
+
+
+def audit_order(suite: tuple[str, ...]) -> tuple[str, ...]:
+    """The white-box attacks of ``suite`` and the audit's own, then transfer and Square."""
+    white = [a for a in suite if get_attack(a).kind == "white" and a != "unbounded"]
+    white += [a for a in AUDIT_ATTACKS if a not in white]
+    return (*white, *LAST_ATTACKS)
+
+
+def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], n: int | None = None,
+          settings: AttackSettings = AttackSettings(), seed: int = 0, device: str | torch.device = "cpu",
+          num_classes: int = 10, thresholds: AuditThresholds = AuditThresholds(),
+          precomputed: dict[str, torch.Tensor] | None = None, batch_size: int = 250,
+          progress: bool = False) -> AuditResult:
+    """Audit ``model`` (the whole defended model) on the first ``n`` images of ``dataset``.
+
+    Args:
+        suite: the attacks the defense was scored with; they run again here, beside the audit's.
+        precomputed: as for :func:`smoothblock.evaluation.evaluate` (transfer examples).
+
+    Returns:
+        The metrics (``robust_acc``, ``<attack>_broke`` for each attack, ``transfer_acc``, ...,
+        ``unbounded_acc``) and the reasons the defense is obfuscated, if any.
+    """
+    order = audit_order(suite)
+    # Every attack gets every image: the audit is on few finalists and decides the winner.
+    settings = _with_limits(settings, n if n is not None else len(dataset))
+    common = dict(n=n, settings=settings, seed=seed, device=device, num_classes=num_classes,
+                  batch_size=batch_size, progress=progress)
+    metrics = evaluate(model, dataset, attacks=order, cascade=True, precomputed=precomputed, **common)
+    unbounded = evaluate(model, dataset, attacks=("unbounded",), **{**common, "n": min(settings.unbounded_n,
+                                                                                       metrics["n"])})
+    metrics["unbounded_acc"] = unbounded["unbounded_acc"]
+    metrics["unbounded_n"] = unbounded["n"]
+    reasons = []
+    gain = sum(metrics.get(f"{a}_broke", 0.0) for a in LAST_ATTACKS)
+    if gain > thresholds.max_transfer_gain:
+        reasons.append(f"transfer/black-box attacks broke {100 * gain:.1f}% of the images the white-box attacks "
+                       f"left (more than {100 * thresholds.max_transfer_gain:g})")
+    if metrics["unbounded_acc"] > thresholds.max_unbounded_acc:
+        reasons.append(f"PGD at eps 1 leaves {100 * metrics['unbounded_acc']:.1f}% robust (more than "
+                       f"{100 * thresholds.max_unbounded_acc:g})")
+    eot_gain = metrics.get("eot_pgd_x2_broke", 0.0)
+    if eot_gain > thresholds.max_eot_gain:
+        reasons.append(f"EOT not converged: twice the draws broke {100 * eot_gain:.1f}% more images (more than "
+                       f"{100 * thresholds.max_eot_gain:g})")
+    return AuditResult(metrics, reasons, order)
+
+
+def _with_limits(settings: AttackSettings, n: int) -> AttackSettings:
+    return dataclasses.replace(settings, eot_n=max(settings.eot_n, n))
