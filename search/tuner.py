@@ -20,7 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
 from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
-from trainables.assets import Assets, Recorded
+from trainables.assets import SCHEDULER_METRIC, Assets, Recorded
 
 from . import tracking
 from .config import SearchConfig
@@ -76,9 +76,8 @@ def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | No
 
 
 def _load_assets(search: SearchConfig) -> Assets:
-    # A posthoc search keeps the audit's images too (the audit runs on more images than the trials).
-    images = search.audit_images if search.trainable == "posthoc" else search.val_images
-    return load_assets(search.trainable, search.base, search.model, images, search.attacks,
+    # The validation images of the audit too (it runs on more images than the trials).
+    return load_assets(search.trainable, search.base, search.model, search.audit_images, search.attacks,
                        search.attack_settings(), search.seed)
 
 
@@ -315,11 +314,10 @@ def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
         if max_t > 1:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                       grace_period=min(search.grace_period, max_t),
-                                      reduction_factor=search.reduction_factor,
-                                      **({"metric": search.metric, "mode": "max"} if search.multi_objective else {}))
-    single = {} if search.multi_objective else {"metric": search.metric, "mode": "max"}
+                                      reduction_factor=search.reduction_factor, metric=SCHEDULER_METRIC, mode="max")
+    # Optuna has its objectives (make_searcher) and ASHA its metric: Tune itself needs none.
     return tune.TuneConfig(search_alg=make_searcher(search), scheduler=scheduler, num_samples=search.trials,
-                           max_concurrent_trials=concurrent, reuse_actors=True, **single)
+                           max_concurrent_trials=concurrent, reuse_actors=True)
 
 
 def _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline_task) -> Outcome:
@@ -349,7 +347,8 @@ def trial_rows(grid, last_iteration: int) -> list[dict[str, Any]]:
     for result in grid:
         metrics = result.metrics or {}
         row = {"trial_id": metrics.get("trial_id"), "status": "ERROR" if result.error else "TERMINATED",
-               **(result.config or {}), "stopped_early": metrics.get("training_iteration", 0) < last_iteration}
+               **(result.config or {}), "stopped_early": metrics.get("training_iteration", 0) < last_iteration,
+               "checkpoint": result.checkpoint}
         row.update({k: v for k, v in metrics.items() if k not in tracking.TUNE_KEYS})
         rows.append(row)
     return rows
@@ -361,14 +360,15 @@ def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id:
     tasks in parallel; record each audit on the trial's run (``audit_*`` metrics, ``audited_robust_acc``,
     tags ``obfuscated`` and ``obfuscated_reason``, ``audit.json``) and in its row. A resumed search
     keeps the audits its runs hold."""
-    if search.trainable != "posthoc" or search.audit_top == 0:
+    if search.audit_top == 0:
         return
-    complete = [r for r in rows if r["status"] == "TERMINATED" and search.metric in r and not r["stopped_early"]]
+    complete = [r for r in rows if r["status"] == "TERMINATED" and search.metric in r and not r["stopped_early"]
+                and (search.trainable == "posthoc" or r["checkpoint"] is not None)]
     finalists = rank(complete, search.metric, search.min_clean_acc)[:search.audit_top]
     runs = {r["trial_id"]: tracking.trial_run(client, experiment_id, parent_id, r["trial_id"]) for r in finalists}
     task = ray.remote(audit_defense).options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
     shared = ray.put(assets)
-    pending = {r["trial_id"]: task.remote(r, search, shared) for r in finalists
+    pending = {r["trial_id"]: task.remote(r, search, shared, r["checkpoint"]) for r in finalists
                if runs[r["trial_id"]] is None or f"{AUDITED}" not in runs[r["trial_id"]].data.metrics}
     for row in finalists:
         run = runs[row["trial_id"]]

@@ -8,7 +8,8 @@ Both report the metric names of ``smoothblock evaluate`` (``clean_acc``, ``robus
 (:func:`load_assets`); Tune hands them to every trial through the object store.
 """
 from .assets import Assets, load_assets
-from .posthoc import audit_defense, posthoc_trial, undefended_score
+from .audit import audit_defense
+from .posthoc import posthoc_trial, undefended_score
 from .training import training_trial
 
 __all__ = ["Assets", "audit_defense", "load_assets", "posthoc_trial", "training_trial", "undefended_score"]

@@ -13,12 +13,11 @@ import torch
 from ray import tune
 
 from smoothblock import Config
-from smoothblock.audit import audit
 from smoothblock.evaluation import evaluate
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
-from .assets import Assets, Recorded, Scoring, trial_config
+from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, trial_config
 
 #: Metrics that are counts, not fractions: summed over chunks, not averaged.
 COUNTS = ("n", "robust_n", "eot_n", "cw_n", "unbounded_n")
@@ -45,6 +44,7 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[
             sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * metrics["n"])
         running = {k: (v if k in COUNTS else v / sums["n"]) for k, v in sums.items()}
         running["passes"] = cfg.passes
+        running[SCHEDULER_METRIC] = asha_score(running)
         yield running
 
 
@@ -58,19 +58,6 @@ def score(cfg: Config, search: Scoring, assets: Assets) -> dict[str, float]:
 def undefended_score(search: Scoring, assets: Assets) -> dict[str, float]:
     """The reference every trial is compared with: the same model, images, attacks and seeds, no defense."""
     return score(assets.base.replace(method="none"), search, assets)
-
-
-def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets) -> dict[str, Any]:
-    """The audit (:func:`smoothblock.audit.audit`) of a trial's defense on the first ``audit_images``
-    validation images: ``{"metrics": {...}, "reasons": [...], "attacks": [...]}``."""
-    cfg = trial_config(assets.base, params)
-    device = resolve_device(cfg.device)
-    torch.set_grad_enabled(True)
-    model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
-    result = audit(model, assets.splits.val, suite=search.attacks, n=search.audit_images,
-                   settings=search.attack_settings(), seed=search.seed, device=device,
-                   num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images))
-    return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks)}
 
 
 def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,

@@ -21,7 +21,7 @@ from smoothblock.defended import wrap_for_inference
 from smoothblock.evaluation import evaluate
 from smoothblock.train import resolve_device, train
 
-from .assets import Assets, Recorded, Scoring, trial_config
+from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, trial_config
 
 
 def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
@@ -63,6 +63,7 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
             torch.set_grad_enabled(True)
             row = {k: v for k, v in metrics.items() if k != "val_acc"}  # clean_acc replaces it
             row.update(scores, passes=cfg.passes)
+            row[SCHEDULER_METRIC] = asha_score(row)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
         train(cfg, resume=resume, splits=assets.splits, on_epoch_end=report, progress=False,

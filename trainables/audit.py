@@ -1,0 +1,50 @@
+"""The audit of a finished trial's defense (:mod:`smoothblock.audit`), run as a Ray task by the search.
+
+A posthoc trial's defended model is the shared trained weights with the trial's defense; a
+training trial's is the weights of its last checkpoint (``last.pt``, read with the weights-only
+unpickler). The transfer examples are the search's shared ones (posthoc) or crafted here on the
+trial's own weights with the defense off (train).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from ray import tune
+
+from smoothblock.audit import audit
+from smoothblock.checkpoint import load_training_state
+from smoothblock.defended import build_model, wrap_for_inference
+from smoothblock.hub import model_from_state
+from smoothblock.train import resolve_device
+
+from .assets import Assets, Scoring, trial_config
+
+
+def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
+                  checkpoint: tune.Checkpoint | None = None) -> dict[str, Any]:
+    """Audit a trial's defense on the first ``audit_images`` validation images.
+
+    Args:
+        params: the trial's sampled configuration fields.
+        checkpoint: a training trial's last checkpoint; None for a posthoc trial.
+
+    Returns:
+        ``{"metrics": {...}, "reasons": [...], "attacks": [...]}`` (see :class:`smoothblock.audit.AuditResult`).
+    """
+    cfg = trial_config(assets.base, params)
+    device = resolve_device(cfg.device)
+    torch.set_grad_enabled(True)
+    if checkpoint is None:
+        model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
+    else:
+        with checkpoint.as_directory() as folder:
+            state = load_training_state(Path(folder) / "last.pt")
+        network = build_model(cfg)
+        network.load_state_dict(state["model"])
+        model = wrap_for_inference(network, cfg).to(device).eval()
+    result = audit(model, assets.splits.val, suite=search.attacks, n=search.audit_images,
+                   settings=search.attack_settings(), seed=search.seed, device=device,
+                   num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images))
+    return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks)}
