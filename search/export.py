@@ -21,8 +21,7 @@ from smoothblock.errors import ConfigError
 
 from . import tracking
 from .config import METRIC
-
-AUDITED = "audited_robust_acc"
+from .tracking import AUDITED
 
 
 def rank(rows: list[dict[str, Any]], metric: str, min_clean_acc: float | None = None) -> list[dict[str, Any]]:

@@ -11,8 +11,8 @@ import contextlib
 import json
 import math
 import os
-import time
 import tempfile
+import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 from typing import Any
@@ -29,6 +29,8 @@ from trainables.assets import Recorded, config_params, trial_config
 ROLE_TAG = "smoothblock.role"
 TRIAL_TAG = "ray.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+AUDIT_PREFIX = "audit_"              # a finalist's audit figures on its run: audit_robust_acc, ...
+AUDITED = "audited_robust_acc"       # the audited worst case, which replaces the finalist's score
 STOPPED_TAG = "smoothblock.stopped_early"  # the scheduler stopped the trial before its last report
 SAMPLED_TAG = "smoothblock.sampled"  # the values Optuna proposed for the trial (a starting point again)
 #: Result keys Tune adds to every report: bookkeeping, not measurements (time_total_s is kept).
@@ -292,8 +294,9 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial_id
 def log_audit(client: MlflowClient, run_id: str, audit: dict[str, Any]) -> None:
     """A finalist's audit on its run: ``audit_<metric>`` for each figure, ``audited_robust_acc``
     (the figure that replaces its score), tags ``obfuscated`` and ``obfuscated_reason``, ``audit.json``."""
-    metrics = [Metric(f"audit_{k}", float(v), int(time.time() * 1000), 0) for k, v in audit["metrics"].items()]
-    metrics.append(Metric("audited_robust_acc", float(audit["metrics"]["robust_acc"]), int(time.time() * 1000), 0))
+    now = int(time.time() * 1000)
+    metrics = [Metric(f"{AUDIT_PREFIX}{k}", float(v), now, 0) for k, v in audit["metrics"].items()]
+    metrics.append(Metric(AUDITED, float(audit["metrics"]["robust_acc"]), now, 0))
     client.log_batch(run_id, metrics=metrics)
     client.set_tag(run_id, "obfuscated", "true" if audit["reasons"] else "false")
     if audit["reasons"]:

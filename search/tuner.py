@@ -25,6 +25,7 @@ from trainables.assets import SCHEDULER_METRIC, Assets, Recorded
 from . import tracking
 from .config import SearchConfig
 from .export import rank
+from .tracking import AUDIT_PREFIX, AUDITED
 from .storage import Storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
@@ -356,20 +357,21 @@ def trial_rows(grid, last_iteration: int) -> list[dict[str, Any]]:
 
 def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id: str, parent_id: str,
                     rows: list[dict[str, Any]]) -> None:
-    """Audit the ``audit_top`` best trials that ran to the end (:mod:`smoothblock.audit`), as Ray
+    """Audit the ``audit_top`` best feasible trials that ran to the end (:mod:`smoothblock.audit`), as Ray
     tasks in parallel; record each audit on the trial's run (``audit_*`` metrics, ``audited_robust_acc``,
     tags ``obfuscated`` and ``obfuscated_reason``, ``audit.json``) and in its row. A resumed search
     keeps the audits its runs hold."""
     if search.audit_top == 0:
         return
     complete = [r for r in rows if r["status"] == "TERMINATED" and search.metric in r and not r["stopped_early"]
+                and r["clean_acc"] >= (search.min_clean_acc or 0.0)
                 and (search.trainable == "posthoc" or r["checkpoint"] is not None)]
     finalists = rank(complete, search.metric, search.min_clean_acc)[:search.audit_top]
     runs = {r["trial_id"]: tracking.trial_run(client, experiment_id, parent_id, r["trial_id"]) for r in finalists}
     task = ray.remote(audit_defense).options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
     shared = ray.put(assets)
     pending = {r["trial_id"]: task.remote(r, search, shared, r["checkpoint"]) for r in finalists
-               if runs[r["trial_id"]] is None or f"{AUDITED}" not in runs[r["trial_id"]].data.metrics}
+               if runs[r["trial_id"]] is None or AUDITED not in runs[r["trial_id"]].data.metrics}
     for row in finalists:
         run = runs[row["trial_id"]]
         if row["trial_id"] in pending:
@@ -385,9 +387,6 @@ def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id:
         row["audit_reasons"] = reasons
         row["audit"] = metrics
 
-
-AUDIT_PREFIX = "audit_"
-AUDITED = "audited_robust_acc"
 
 
 def summarize(client, parent_id: str, search: SearchConfig, rows: list[dict[str, Any]]) -> None:

@@ -86,7 +86,7 @@ def test_a_worker_node_killed_mid_trial_resumes_the_trial_from_its_checkpoint_on
         tmp_path, more_images, mlflow_server, cluster):
     storage = tmp_path / "results"
     config = _write(tmp_path / "train.yaml", {
-        "trainable": "train", "model": None, "trials": 2, "val_images": 20, "attacks": ["fgsm"],
+        "trainable": "train", "model": None, "trials": 2, "val_images": 20, "attacks": ["fgsm"], "audit_top": 0,
         "max_concurrent_trials": 2, "max_failures": 2, "grace_period": 4,
         "base": {"data": str(more_images), "val_size": 20, "epochs": 4, "batch_size": 32, "device": "cpu",
                  "bf16": False, "method": "smoothblock", "defense_at": "both"},
@@ -149,7 +149,7 @@ def test_a_trial_that_raises_is_retried_then_failed_with_its_error_and_the_searc
         tmp_path, image_folder, mlflow_server, cluster, capsys):
     storage = tmp_path / "results"
     config = _write(tmp_path / "nan.yaml", {
-        "trainable": "train", "model": None, "trials": 2, "val_images": 8, "attacks": ["fgsm"],
+        "trainable": "train", "model": None, "trials": 2, "val_images": 8, "attacks": ["fgsm"], "audit_top": 0,
         "max_concurrent_trials": 1, "max_failures": 1, "grace_period": 2,
         "base": {"data": str(image_folder), "val_size": 20, "epochs": 2, "batch_size": 16, "device": "cpu",
                  "bf16": False},
@@ -193,7 +193,7 @@ def test_the_driver_killed_at_a_random_point_resumes_to_exactly_one_finished_run
             "trainable": "train", "model": None, "attacks": ["fgsm"], "grace_period": 1, "reduction_factor": 2,
             "space": {"keep_prob": {"low": 0.5, "high": 0.9}, "lr": {"low": 0.01, "high": 0.2}}}
     config = _write(tmp_path / "search.yaml", {
-        **search, "trials": trials, "val_images": 8, "max_concurrent_trials": 2,
+        **search, "trials": trials, "val_images": 8, "max_concurrent_trials": 2, "audit_top": 0,
         "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False, "epochs": 2,
                  "batch_size": 16, "method": "smoothblock"}})
     argv = ["--mlflow-uri", mlflow_server, "--storage", str(storage), "--address", cluster.address]
@@ -245,7 +245,7 @@ def test_fractional_gpus_put_several_trials_on_one_gpu_node(tmp_path, image_fold
     storage = tmp_path / "results"
     config = _write(tmp_path / "gpu.yaml", {
         "trainable": "posthoc", "model": str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder)),
-        "trials": 6, "val_images": 8, "cpus_per_trial": 0.25,
+        "trials": 6, "val_images": 8, "cpus_per_trial": 0.25, "audit_top": 0,
         "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False},
         "space": {"keep_prob": {"low": 0.5, "high": 0.9}, "ensemble": [4]}})
     try:

@@ -127,7 +127,8 @@ def test_a_multi_objective_search_exports_its_pareto_front(tmp_path, image_folde
 def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(tmp_path, image_folder,
                                                                               mlflow_server, local_ray, capsys):
     config = _write(tmp_path / "train.yaml", {
-        "trainable": "train", "model": None, "trials": 5, "val_images": 20, "attacks": ["fgsm"],
+        "trainable": "train", "model": None, "trials": 5, "val_images": 20, "attacks": ["fgsm", "transfer"],
+        "audit_top": 1, "audit_images": 20, "eot_iter": 2, "eot_steps": 2,
         "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2,
         "base": {"data": str(image_folder), "val_size": 20, "epochs": 3, "batch_size": 16, "device": "cpu",
                  "bf16": False, "method": "smoothblock", "defense_at": "both"},
@@ -143,6 +144,11 @@ def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(t
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
         assert steps == list(range(1, epochs[child.info.run_id] + 1))
         assert "checkpoint/last.pt" in {a.path for a in client.list_artifacts(child.info.run_id, "checkpoint")}
+    # The best trial that trained to the end was audited, from its last checkpoint.
+    audited = [c for c in children if "audited_robust_acc" in c.data.metrics]
+    assert len(audited) == 1 and epochs[audited[0].info.run_id] == 3
+    assert audited[0].data.metrics["audit_n"] == 20 and audited[0].data.tags["obfuscated"] in ("true", "false")
+    assert audited[0].data.metrics["audited_robust_acc"] <= audited[0].data.metrics["robust_acc"] + 0.15
 
 
 def test_the_same_search_and_seed_give_the_same_trials_and_metrics(tmp_path, image_folder, mlflow_server, local_ray):

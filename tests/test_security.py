@@ -30,7 +30,7 @@ class _RunsCode:
 def _posthoc(tmp_path, image_folder, model) -> str:
     path = tmp_path / "search.yaml"
     path.write_text(yaml.safe_dump({
-        "trainable": "posthoc", "model": str(model), "trials": 2, "val_images": 8,
+        "trainable": "posthoc", "model": str(model), "trials": 2, "val_images": 8, "audit_top": 0,
         "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False},
         "space": {"keep_prob": {"low": 0.5, "high": 0.9}}}))
     return str(path)
