@@ -46,14 +46,10 @@ def print_summary(outcome: Outcome) -> None:
         print(summary_table(best, search.metric, limit=len(best) if search.multi_objective else 5))
         audited = [r for r in rank(finished, search.metric, search.min_clean_acc) if AUDITED in r]
         if audited:
-            print(f"audit of the {len(audited)} finalists ({search.audit_images} validation images; "
-                  "AutoAttack-rand, Square, EOT-PGD with twice the draws, PGD at eps 1):")
+            print(f"audit of the {len(audited)} finalist{'s' if len(audited) > 1 else ''} ({search.audit_images} "
+                  "validation images; AutoAttack-rand, Square, EOT-PGD with twice the draws, PGD at eps 1):")
             for row in audited:
-                worst = {k[:-6]: v for k, v in row["audit"].items() if k.endswith("_broke") and v > 0}
-                set_by = ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(worst.items(), key=lambda kv: -kv[1]))
-                verdict = "OBFUSCATED: " + "; ".join(row["audit_reasons"]) if row["obfuscated"] else "no indicator of a failed attack"
-                print(f"  {row['trial_id']}: robust_acc {row[search.metric]:.4f} -> audited {row[AUDITED]:.4f} "
-                      f"(images broken, %: {set_by or 'none'}; unbounded leaves {100 * row['audit']['unbounded_acc']:.1f}%); {verdict}")
+                print("  " + audit_line(row, search.metric))
     if outcome.baseline:
         print(f"undefended model on the same images: clean_acc {outcome.baseline['clean_acc']:.4f}, "
               f"{search.metric} {outcome.baseline[search.metric]:.4f}")
@@ -61,3 +57,14 @@ def print_summary(outcome: Outcome) -> None:
           f"open it with: smoothblock ui" + (f" --mlflow-uri {outcome.tracking_uri}" if "://" in outcome.tracking_uri
                                              and not outcome.tracking_uri.startswith("sqlite") else ""))
     print(f"export the best: smoothblock export {search.name} -o best.yaml")
+
+
+def audit_line(row: dict[str, Any], metric: str) -> str:
+    """One finalist's audit: its score before and after, which attacks broke how many images (%),
+    the unbounded check, and the verdict."""
+    broke = {k[:-len("_broke")]: v for k, v in row["audit"].items() if k.endswith("_broke") and v > 0}
+    by = ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(broke.items(), key=lambda kv: -kv[1])) or "none"
+    verdict = ("OBFUSCATED: " + "; ".join(row["audit_reasons"]) if row["obfuscated"]
+               else "no indicator of a failed attack")
+    return (f"{row['trial_id']}: {metric} {row[metric]:.4f} -> audited {row[AUDITED]:.4f} (images broken, %: {by}; "
+            f"unbounded leaves {100 * row['audit']['unbounded_acc']:.1f}%); {verdict}")

@@ -83,6 +83,7 @@ class Attack:
     Attributes:
         name: the name everywhere (CLI ``--attacks``, YAML ``attacks:``, metric ``<name>_acc``).
         summary: one line for ``--help``.
+        title: its column in ``smoothblock evaluate``'s table.
         build: ``(model, settings, num_classes, seed) -> {metric: crafter}``; a crafter maps images
             (N, C, H, W) in [0, 1] and labels (N,) (targets for a targeted attack) to adversarial
             images (N, C, H, W). One metric per crafter (FGSM: one per eps).
@@ -96,6 +97,7 @@ class Attack:
 
     name: str
     summary: str
+    title: str
     build: Callable[[nn.Module, AttackSettings, int, int], dict[str, Crafter]]
     cost: Callable[[AttackSettings], int]
     kind: str = "white"
@@ -176,48 +178,49 @@ def _transfer(model: nn.Module, s: AttackSettings) -> Crafter:
 
 
 register(Attack(
-    "fgsm", "FGSM at each fgsm_eps (1/255)", cheap=True,
+    "fgsm", "FGSM at each fgsm_eps (1/255)", "FGSM", cheap=True,
     build=lambda m, s, k, seed: {f"fgsm_{e}_acc": torchattacks.FGSM(m, eps=e / 255) for e in s.fgsm_eps},
     cost=lambda s: len(s.fgsm_eps)))
 register(Attack(
-    "pgd", "L-inf PGD, pgd_steps steps of pgd_alpha, random start", cheap=True,
+    "pgd", "L-inf PGD, pgd_steps steps of pgd_alpha, random start", "PGD", cheap=True,
     build=lambda m, s, k, seed: {"pgd_acc": _pgd(m, s, steps=s.pgd_steps)},
     cost=lambda s: s.pgd_steps))
 register(Attack(
-    "transfer", "PGD crafted with the defense switched off, scored on the defended model", kind="transfer",
-    cheap=True, build=lambda m, s, k, seed: {"transfer_acc": _transfer(m, s)},
+    "transfer", "PGD crafted with the defense switched off, scored on the defended model", "transfer",
+    kind="transfer", cheap=True, build=lambda m, s, k, seed: {"transfer_acc": _transfer(m, s)},
     cost=lambda s: s.transfer_steps))
 register(Attack(
-    "eot_pgd", "PGD on the gradient averaged over eot_iter draws, eot_steps steps", limit="eot_n",
+    "eot_pgd", "PGD on the gradient averaged over eot_iter draws, eot_steps steps", "EOT-PGD", limit="eot_n",
     build=lambda m, s, k, seed: {"eot_pgd_acc": torchattacks.EOTPGD(
         m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=s.eot_iter, random_start=True)},
     cost=lambda s: s.eot_steps * s.eot_iter))
 register(Attack(
-    "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", limit="eot_n",
+    "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_n",
     build=lambda m, s, k, seed: {"apgd_acc": torchattacks.APGD(
         m, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=s.eot_iter, loss="ce", seed=seed, n_restarts=1)},
     cost=lambda s: s.apgd_steps * s.eot_iter))
 register(Attack(
-    "autoattack_rand", "AutoAttack version rand: APGD-CE and APGD-DLR, 20 EOT draws", limit="eot_n",
+    "autoattack_rand", "AutoAttack version rand: APGD-CE and APGD-DLR, 20 EOT draws", "AA-rand", limit="eot_n",
     build=lambda m, s, k, seed: {"autoattack_rand_acc": torchattacks.AutoAttack(
         m, norm="Linf", eps=s.pgd_eps, version="rand", n_classes=k, seed=seed)},
     cost=lambda s: 2 * 10 * 20))  # torchattacks: 10 APGD steps, 20 draws, two losses
 register(Attack(
-    "square", "Square, black-box, square_queries queries", kind="black", limit="eot_n",
+    "square", "Square, black-box, square_queries queries", "Square", kind="black", limit="eot_n",
     build=lambda m, s, k, seed: {"square_acc": torchattacks.Square(
         m, norm="Linf", eps=s.pgd_eps, n_queries=s.square_queries, n_restarts=1, seed=seed)},
     cost=lambda s: s.square_queries))
 register(Attack(
-    "unbounded", "PGD at eps 1 (a sanity check: a working attack leaves ~0%)", limit="unbounded_n",
+    "unbounded", "PGD at eps 1 (a sanity check: a working attack leaves ~0%)", "eps 1", limit="unbounded_n",
     build=lambda m, s, k, seed: {"unbounded_acc": _pgd(m, s, steps=s.unbounded_steps, eps=1.0,
                                                        alpha=2.5 / s.unbounded_steps, random_start=False)},
     cost=lambda s: s.unbounded_steps))
 register(Attack(
-    "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", limit="cw_n", targeted=True,
+    "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", "C&W", limit="cw_n", targeted=True,
     build=lambda m, s, k, seed: {"cw_acc": lambda images, targets: cw_l2_targeted(m, images, targets, s)},
     cost=lambda s: s.cw_search_steps * s.cw_steps))
 register(Attack(
-    "eot_pgd_x2", "eot_pgd with twice eot_iter draws (the audit's check that EOT has converged)", limit="eot_n",
+    "eot_pgd_x2", "eot_pgd with twice eot_iter draws (the audit's check that EOT has converged)", "EOT-PGD x2",
+    limit="eot_n",
     build=lambda m, s, k, seed: {"eot_pgd_x2_acc": torchattacks.EOTPGD(
         m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=2 * s.eot_iter, random_start=True)},
     cost=lambda s: 2 * s.eot_steps * s.eot_iter))

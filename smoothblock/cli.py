@@ -23,8 +23,6 @@ from .soup import SOUPS
 
 DEFENSE_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble", "defense_at")
 DEFAULT_ATTACKS = ("fgsm", "pgd", "transfer", "eot_pgd", "cw")
-TITLES = {"pgd": "PGD", "eot_pgd": "EOT-PGD", "apgd": "APGD", "autoattack_rand": "AA-rand", "square": "Square",
-          "transfer": "transfer", "unbounded": "eps 1", "cw": "C&W acc", "eot_pgd_x2": "EOT-PGD x2"}
 
 
 def columns(settings: AttackSettings = AttackSettings()) -> list[tuple[str, str]]:
@@ -32,12 +30,12 @@ def columns(settings: AttackSettings = AttackSettings()) -> list[tuple[str, str]
     cols = [("clean_acc", "clean")]
     for name, attack in ATTACKS.items():
         if name == "fgsm":
-            cols += [(f"fgsm_{e}_acc", f"FGSM {e}") for e in settings.fgsm_eps]
+            cols += [(f"fgsm_{e}_acc", f"{attack.title} {e}") for e in settings.fgsm_eps]
         else:
-            cols.append((f"{name}_acc", TITLES.get(name, name)))
+            cols.append((f"{name}_acc", f"{attack.title} acc" if attack.targeted else attack.title))
         if attack.targeted:
-            cols.append((f"{name}_asr", f"{TITLES.get(name, name).split()[0]} ASR"))
-    return cols + [(f"{name}_broke", f"{TITLES.get(name, name)} broke") for name in ATTACKS] + [("robust_acc", "worst")]
+            cols.append((f"{name}_asr", f"{attack.title} ASR"))
+    return cols + [(f"{name}_broke", f"{a.title} broke") for name, a in ATTACKS.items()] + [("robust_acc", "worst")]
 
 
 class OneLineParser(argparse.ArgumentParser):
