@@ -86,8 +86,9 @@ def add_commands(subparsers) -> None:
                     help="one row per position in --positions for each defended method (thesis "
                          "Figure 4.3), instead of one row with the defense at all of them")
     ev.add_argument("--attacks", nargs="+", choices=list(ATTACKS), default=list(DEFAULT_ATTACKS), metavar="ATTACK",
-                    help="from the registry, run in this order: " + "; ".join(
-                        f"{a.name} ({a.summary}; {a.cost(AttackSettings())} passes per image)" for a in ATTACKS.values())
+                    help="from the registry, run in this order: " + "; ".join(  # argparse formats help with %
+                        f"{a.name} ({a.summary}; {a.cost(AttackSettings())} passes per image)".replace("%", "%%")
+                        for a in ATTACKS.values())
                     + f" (default: {' '.join(DEFAULT_ATTACKS)}). The worst column counts an image robust only "
                       "if every attack left it")
     ev.add_argument("--cascade", action="store_true",

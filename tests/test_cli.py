@@ -181,3 +181,18 @@ def test_each_position_is_its_own_row(capsys, tmp_path, checkpoint):
     assert written["complete"] is True and list(written["metrics"]) == ["none", "smoothblock@1", "smoothblock@5"]
     configs = written["configs"]
     assert configs["smoothblock@5"]["positions"] == [5] and configs["smoothblock@5"]["block_size"] == 3
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "soup", "search", "export", "ui"])
+def test_every_command_prints_its_help(capsys, command):
+    from search.cli import main as full_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        full_main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: smoothblock {command}")
+    if command == "evaluate":  # every registered attack is offered, with its cost
+        from smoothblock.attacks import ATTACKS
+
+        assert all(name in out for name in ATTACKS) and "passes per image" in out
