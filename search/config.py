@@ -141,6 +141,9 @@ class SearchConfig:
             raise ConfigError("a trial needs some resources: cpus_per_trial or gpus_per_trial > 0")
         if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
             raise ConfigError(f"gpus_per_trial above 1 must be whole, got {self.gpus_per_trial}")
+        if self.val_images > self.base.val_size:
+            raise ConfigError(f"val_images ({self.val_images}) is more than the validation split holds "
+                              f"(base.val_size {self.base.val_size})")
         if self.audit_images < self.val_images:
             raise ConfigError(f"audit_images ({self.audit_images}) must be at least val_images ({self.val_images})")
         if self.min_clean_acc is not None and (isinstance(self.min_clean_acc, bool) or

@@ -32,6 +32,7 @@ PARENT_TAG = "mlflow.parentRunId"
 AUDIT_PREFIX = "audit_"              # a finalist's audit figures on its run: audit_robust_acc, ...
 AUDITED = "audited_robust_acc"       # the audited worst case, which replaces the finalist's score
 STOPPED_TAG = "smoothblock.stopped_early"  # the scheduler stopped the trial before its last report
+STOPPED_METRIC = "stopped_early"           # the same, in a recorded trial's report on resume
 SAMPLED_TAG = "smoothblock.sampled"  # the values Optuna proposed for the trial (a starting point again)
 #: Result keys Tune adds to every report: bookkeeping, not measurements (time_total_s is kept).
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid", "time_since_restore",
@@ -294,14 +295,16 @@ def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial_id
 def log_audit(client: MlflowClient, run_id: str, audit: dict[str, Any]) -> None:
     """A finalist's audit on its run: ``audit_<metric>`` for each figure, ``audited_robust_acc``
     (the figure that replaces its score), tags ``obfuscated`` and ``obfuscated_reason``, ``audit.json``."""
+    # The metrics last: a resumed search takes a run holding ``audited_robust_acc`` as audited, so
+    # the verdict and audit.json must be there before it.
+    client.log_dict(run_id, audit, "audit.json")
+    client.set_tag(run_id, "obfuscated", "true" if audit["reasons"] else "false")
+    if audit["reasons"]:
+        client.set_tag(run_id, "obfuscated_reason", "; ".join(audit["reasons"]))
     now = int(time.time() * 1000)
     metrics = [Metric(f"{AUDIT_PREFIX}{k}", float(v), now, 0) for k, v in audit["metrics"].items()]
     metrics.append(Metric(AUDITED, float(audit["metrics"]["robust_acc"]), now, 0))
     client.log_batch(run_id, metrics=metrics)
-    client.set_tag(run_id, "obfuscated", "true" if audit["reasons"] else "false")
-    if audit["reasons"]:
-        client.set_tag(run_id, "obfuscated_reason", "; ".join(audit["reasons"]))
-    client.log_dict(run_id, audit, "audit.json")
 
 
 def trial_error(trial) -> str:
@@ -334,7 +337,11 @@ def recorded_results(client: MlflowClient, experiment_id: str, parent_id: str) -
     for run in sorted(child_runs(client, experiment_id, parent_id), key=lambda r: r.info.start_time):
         if run.info.status != "FINISHED" or TRIAL_TAG not in run.data.tags:
             continue
-        metrics = {k: v for k, v in run.data.metrics.items() if k not in TUNE_KEYS and k != "time_total_s"}
+        # The trial's own reports only: an audit is the driver's, read again from the run after the trials.
+        metrics = {k: v for k, v in run.data.metrics.items() if k not in TUNE_KEYS and k != "time_total_s"
+                   and not k.startswith(AUDIT_PREFIX) and k != AUDITED}
+        # A recorded trial reports once: whether the scheduler had stopped it is on the run, not in Ray.
+        metrics[STOPPED_METRIC] = float(STOPPED_TAG in run.data.tags)
         by_trial[run.data.tags[TRIAL_TAG]] = metrics
         by_config.append((dict(run.data.params), metrics))
         if SAMPLED_TAG in run.data.tags:

@@ -347,10 +347,13 @@ def trial_rows(grid, last_iteration: int) -> list[dict[str, Any]]:
     rows = []
     for result in grid:
         metrics = result.metrics or {}
+        stopped = metrics.get("training_iteration", 0) < last_iteration
+        if tracking.STOPPED_METRIC in metrics:  # a recorded trial (resume) reported its result once
+            stopped = bool(metrics[tracking.STOPPED_METRIC])
         row = {"trial_id": metrics.get("trial_id"), "status": "ERROR" if result.error else "TERMINATED",
-               **(result.config or {}), "stopped_early": metrics.get("training_iteration", 0) < last_iteration,
-               "checkpoint": result.checkpoint}
+               **(result.config or {}), "checkpoint": result.checkpoint}
         row.update({k: v for k, v in metrics.items() if k not in tracking.TUNE_KEYS})
+        row["stopped_early"] = stopped
         rows.append(row)
     return rows
 

@@ -7,13 +7,14 @@ them (Athalye et al. 2018). The audit runs the checks of AutoAttack (Croce & Hei
 * the white-box attacks first (the suite's own, AutoAttack-rand, EOT-PGD with twice the draws),
   then the transfer attack (crafted with the defense off) and the black-box Square, each on the
   images the attacks before it left (a cascade; see :func:`smoothblock.evaluation.evaluate`);
-* ``transfer/black-box``: if the transfer and black-box attacks break more than
-  ``max_transfer_gain`` of the images the white-box attacks left, the white-box gradients are
-  useless (masked, noisy or shattered) and the white-box figure is not a bound;
+* ``transfer/black-box``: if the transfer and black-box attacks beat the white-box ones by more
+  than ``max_transfer_gain`` (a fraction of all images: the images the white-box attacks left
+  that they broke), the white-box gradients are useless (masked, noisy or shattered) and the
+  white-box figure is not a bound;
 * ``unbounded``: PGD at eps = 1 must leave about 0%; more than ``max_unbounded_acc`` robust means
   the gradient attack cannot move the prediction at all;
-* ``EOT not converged``: if EOT-PGD with twice the draws breaks more than ``max_eot_gain`` of the
-  images everything before it left, the expectation is not estimated well enough.
+* ``EOT not converged``: if EOT-PGD with twice the draws lowers the white-box figure by more than
+  ``max_eot_gain`` (a fraction of all images), the expectation is not estimated well enough.
 
 Any one of them marks the defense ``obfuscated``. The audited ``robust_acc`` is the per-image
 worst case over every attack run (the unbounded check excluded), whatever the verdict.
@@ -94,15 +95,15 @@ def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], n
     reasons = []
     gain = sum(metrics.get(f"{a}_broke", 0.0) for a in LAST_ATTACKS)
     if gain > thresholds.max_transfer_gain:
-        reasons.append(f"transfer/black-box attacks broke {100 * gain:.1f}% of the images the white-box attacks "
-                       f"left (more than {100 * thresholds.max_transfer_gain:g})")
+        reasons.append(f"transfer/black-box attacks beat the white-box ones by {100 * gain:.1f} points "
+                       f"(more than {100 * thresholds.max_transfer_gain:g})")
     if metrics["unbounded_acc"] > thresholds.max_unbounded_acc:
         reasons.append(f"PGD at eps 1 leaves {100 * metrics['unbounded_acc']:.1f}% robust (more than "
                        f"{100 * thresholds.max_unbounded_acc:g})")
     eot_gain = metrics.get("eot_pgd_x2_broke", 0.0)
     if eot_gain > thresholds.max_eot_gain:
-        reasons.append(f"EOT not converged: twice the draws broke {100 * eot_gain:.1f}% more images (more than "
-                       f"{100 * thresholds.max_eot_gain:g})")
+        reasons.append(f"EOT not converged: twice the draws lowered the figure by {100 * eot_gain:.1f} points "
+                       f"(more than {100 * thresholds.max_eot_gain:g})")
     return AuditResult(metrics, reasons, order)
 
 

@@ -84,7 +84,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
                             adv = craft(images[run], labels[run])
                         pred = predict(model, adv)
                         hits = pred == labels[run]
-                        if entry.targeted:
+                        if entry.targeted and standalone:  # on survivors only it would be another rate
                             _count(correct, counted, f"{entry.name}_asr", pred == targets)
                     survived[index_in_rows] &= hits
                     if standalone:

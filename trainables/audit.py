@@ -42,7 +42,11 @@ def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
         with checkpoint.as_directory() as folder:
             state = load_training_state(Path(folder) / "last.pt")
         network = build_model(cfg)
-        network.load_state_dict(state["model"])
+        if "swa_model" in state:  # with SWA the trial was scored on the average (torch's AveragedModel)
+            prefix = "module."
+            network.load_state_dict({k[len(prefix):]: v for k, v in state["swa_model"].items() if k.startswith(prefix)})
+        else:
+            network.load_state_dict(state["model"])
         model = wrap_for_inference(network, cfg).to(device).eval()
     result = audit(model, assets.splits.val, suite=search.attacks, n=search.audit_images,
                    settings=search.attack_settings(), seed=search.seed, device=device,
