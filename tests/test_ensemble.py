@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from smoothblock import Config, SelfEnsemble, build_model
+from smoothblock import Config, SelfEnsemble, SmoothBlock, build_model
 
 
 def test_prefix_runs_once_and_suffix_n_times():
@@ -56,17 +56,25 @@ def test_ensemble_of_a_deterministic_model_is_its_softmax():
 
 
 def test_chunks_give_the_same_result_and_gradients_flow():
+    # keep_prob 1: the layer is active, so the ensemble runs all its passes (here in chunks of two
+    # passes, max_rows 8 for 4 images), but it is the identity, so every pass is the plain network's.
+    # Chunks that mixed images or dropped passes would move the result away from it.
     torch.manual_seed(0)
-    model = build_model(Config(positions=(5,))).eval()
+    model = build_model(Config(positions=(1,), keep_prob=0.5)).eval()
+    layers = [m for m in model.modules() if isinstance(m, SmoothBlock)]
+    for layer in layers:  # a configuration with keep_prob 1 has no layer at all: set it on the layer
+        layer.keep_prob = 1.0
+    assert layers and all(layer.active for layer in layers)
     x = torch.rand(4, 3, 32, 32, requires_grad=True)
-    torch.manual_seed(1)
-    a = SelfEnsemble(model, 10)(x)
-    torch.manual_seed(1)
-    b = SelfEnsemble(model, 10, max_rows=8)(x)
-    assert a.shape == (4, 10) and torch.isfinite(a).all()
-    assert torch.allclose(a.exp().sum(1), torch.ones(4))
-    b.sum().backward()
+    plain = torch.log_softmax(model(x), 1)
+    whole = SelfEnsemble(model, 10)(x)
+    chunked = SelfEnsemble(model, 10, max_rows=8)(x)
+    assert torch.allclose(whole, plain, atol=1e-5) and torch.allclose(chunked, plain, atol=1e-5)
+    chunked.sum().backward()
     assert x.grad.abs().sum() > 0
+    # With real randomness, chunked passes still average to a distribution over the classes.
+    random = SelfEnsemble(build_model(Config(positions=(1,), keep_prob=0.5)).eval(), 10, max_rows=8)(x)
+    assert torch.allclose(random.exp().sum(1), torch.ones(4), atol=1e-5)
 
 
 def test_generic_model_runs_n_batched_passes():
