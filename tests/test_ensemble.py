@@ -78,7 +78,6 @@ def test_chunks_give_the_same_result_and_gradients_flow():
 
 
 def test_generic_model_runs_n_batched_passes():
-    from smoothblock import SmoothBlock
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), SmoothBlock(3, 0.5), torch.nn.Flatten(), torch.nn.LazyLinear(10))
     out = SelfEnsemble(net, 6)(torch.rand(2, 3, 8, 8))
     assert out.shape == (2, 10)
