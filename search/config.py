@@ -9,7 +9,6 @@ trial's values applied: the same ``Config`` that ``smoothblock train`` and ``eva
 from __future__ import annotations
 
 import dataclasses
-import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from smoothblock import Config
 from smoothblock.attacks import ATTACKS, AttackSettings
+from smoothblock.config import check_keys, parse_yaml
 from smoothblock.errors import ConfigError
 
 from .space import SearchSpace
@@ -203,15 +203,10 @@ class SearchConfig:
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "search configuration") -> SearchConfig:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source} must be a mapping of key: value")
-        known = {f.name for f in dataclasses.fields(cls)}
-        if "attack" in data:
+        if isinstance(data, dict) and "attack" in data:
             raise ConfigError(f"{source}: 'attack' is now 'attacks', a list; the objective is robust_acc, "
                               "the per-image worst case over them (for example attacks: [transfer, pgd, eot_pgd])")
-        unknown = sorted(set(map(str, data)) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
+        check_keys(data, {f.name for f in dataclasses.fields(cls)}, source)
         values = dict(data)
         base = values.get("base") or {}
         if isinstance(base, Config):
@@ -256,20 +251,6 @@ def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise ConfigError(f"{path} is not a text file") from None
     return parse_yaml(text, str(path))
-
-
-def parse_yaml(text: str, source: str) -> dict[str, Any]:
-    """A YAML mapping from text, read with the safe loader (no Python tags, so nothing runs)."""
-    try:
-        data = yaml.safe_load(io.StringIO(text))
-    except yaml.YAMLError as exc:
-        line = getattr(getattr(exc, "problem_mark", None), "line", None)
-        raise ConfigError(f"{source} is not valid YAML" + (f" at line {line + 1}" if line is not None else "")) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source} must hold a mapping of key: value, not a {type(data).__name__}")
-    return data
 
 
 def list_presets() -> list[str]:

@@ -246,12 +246,7 @@ class Config:
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "configuration") -> Config:
         """Build from a mapping; unknown keys and wrong types raise ConfigError naming them."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source} must be a mapping of field: value, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(map(str, data)) - known)
-        if unknown:
-            raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
+        check_keys(data, {f.name for f in fields(cls)}, source)
         try:
             return cls(**data)
         except ConfigError as exc:
@@ -262,17 +257,10 @@ class Config:
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "configuration") -> Config:
-        try:
-            data = yaml.safe_load(io.StringIO(text))
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            where = f" at line {line + 1}" if line is not None else ""
-            raise ConfigError(f"{source} is not valid YAML{where}") from None
-        if isinstance(data, dict):
-            # What an export records beside the configuration (the figure it claims and its audit):
-            # measurements of the model, not settings of a run, so training reads past them.
-            data = {k: v for k, v in data.items() if k not in RECORD_KEYS}
-        return cls.from_dict({} if data is None else data, source=source)
+        # What an export records beside the configuration (the figure it claims and its audit):
+        # measurements of the model, not settings of a run, so training reads past them.
+        data = {k: v for k, v in parse_yaml(text, source).items() if k not in RECORD_KEYS}
+        return cls.from_dict(data, source=source)
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -283,6 +271,31 @@ class Config:
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
+
+
+def check_keys(data: Any, known: set[str], source: str) -> None:
+    """The project's one check of a configuration mapping: a mapping, and no key outside ``known``
+    (ConfigError naming the first unknown one, in one line)."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must be a mapping of key: value, not a {type(data).__name__}")
+    unknown = sorted(set(map(str, data)) - set(known))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
+
+
+def parse_yaml(text: str, source: str) -> dict[str, Any]:
+    """The project's one YAML reader: a mapping from text, read with the safe loader (no Python
+    tags, so nothing runs); ConfigError naming ``source`` (and the line) otherwise. Empty -> {}."""
+    try:
+        data = yaml.safe_load(io.StringIO(text))
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        raise ConfigError(f"{source} is not valid YAML" + (f" at line {line + 1}" if line is not None else "")) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source} must hold a mapping of key: value, not a {type(data).__name__}")
+    return data
 
 
 #: Top-level keys of a configuration file that record results (``smoothblock export`` writes them).

@@ -62,5 +62,5 @@ def test_block_larger_than_map_is_fine_at_the_one_by_one_position():
 def test_bad_yaml():
     with pytest.raises(ConfigError, match="not valid YAML at line 3"):
         Config.from_yaml("method: smoothblock\nkeep_prob: [0.5\n")
-    with pytest.raises(ConfigError, match="must be a mapping"):
+    with pytest.raises(ConfigError, match="must hold a mapping of key: value, not a list"):
         Config.from_yaml("- 1\n- 2\n")
