@@ -104,21 +104,23 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     images = int(row["n"]) if "n" in row else int(params.get("val_images", 0))
     out: dict[str, Any] = {"robust_acc": round(float(row.get(AUDITED, row[METRIC])), 4),
                            "clean_acc": round(float(row["clean_acc"]), 4)}
-    search = {"split": "validation", "images": images, "seed": int(params.get("seed", 0)),
-              "attacks": json.loads(params.get("attacks", "[]")), "eps": "8/255",
-              "eot_iter": int(params.get("eot_iter", 0)), "eot_steps": int(params.get("eot_steps", 0)),
-              "robust_acc": round(float(row[METRIC]), 4),
-              "accuracy": {k: round(float(v), 4) for k, v in row.items() if k.endswith(("_acc", "_broke"))
-                           and not k.startswith("audit") and k != AUDITED}}
+    draws = {"seed": int(params.get("seed", 0)), "eot_iter": int(params.get("eot_iter", 0)),
+             "eot_steps": int(params.get("eot_steps", 0))}
+    search = {"split": "validation", "images": images, **draws, "attacks": json.loads(params.get("attacks", "[]")),
+              "eps": "8/255", "robust_acc": round(float(row[METRIC]), 4),
+              "accuracy": _figures({k: v for k, v in row.items() if not k.startswith("audit")})}
     if AUDITED not in row:
         out["audit"] = {"audited": False, "search": search}
         return out
     audit = json.loads(Path(client.download_artifacts(row["run_id"], "audit.json", tmp)).read_text())
     metrics = audit["metrics"]
     out["audit"] = {"audited": True, "obfuscated": bool(audit["reasons"]), "reasons": audit["reasons"],
-                    "split": "validation", "images": int(metrics["n"]), "seed": int(params.get("seed", 0)),
+                    "split": "validation", "images": int(metrics["n"]), **draws,
                     "attacks": audit["attacks"] + ["unbounded"], "eps": "8/255 (unbounded: 1)",
-                    "eot_iter": int(params.get("eot_iter", 0)), "eot_steps": int(params.get("eot_steps", 0)),
-                    "accuracy": {k: round(float(v), 4) for k, v in metrics.items() if k.endswith(("_acc", "_broke"))},
-                    "search": search}
+                    "accuracy": _figures(metrics), "search": search}
     return out
+
+
+def _figures(metrics: dict[str, Any]) -> dict[str, float]:
+    """The fractions among ``metrics`` (accuracies and what each attack broke), to 4 places."""
+    return {k: round(float(v), 4) for k, v in metrics.items() if k.endswith(("_acc", "_broke"))}

@@ -311,7 +311,7 @@ def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
     scheduler = None
     if search.scheduler == "asha":
         # Rungs over epochs (train) or over chunks of validation images (posthoc: multi-fidelity).
-        max_t = resolve_recipe(search.base).epochs if search.trainable == "train" else search.chunks
+        max_t = max_iterations(search)
         if max_t > 1:
             scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_t,
                                       grace_period=min(search.grace_period, max_t),

@@ -84,7 +84,7 @@ def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], n
     """
     order = audit_order(suite)
     # Every attack gets every image: the audit is on few finalists and decides the winner.
-    settings = _with_limits(settings, n if n is not None else len(dataset))
+    settings = dataclasses.replace(settings, eot_n=max(settings.eot_n, n if n is not None else len(dataset)))
     common = dict(n=n, settings=settings, seed=seed, device=device, num_classes=num_classes,
                   batch_size=batch_size, progress=progress)
     metrics = evaluate(model, dataset, attacks=order, cascade=True, precomputed=precomputed, **common)
@@ -105,7 +105,3 @@ def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], n
         reasons.append(f"EOT not converged: twice the draws lowered the figure by {100 * eot_gain:.1f} points "
                        f"(more than {100 * thresholds.max_eot_gain:g})")
     return AuditResult(metrics, reasons, order)
-
-
-def _with_limits(settings: AttackSettings, n: int) -> AttackSettings:
-    return dataclasses.replace(settings, eot_n=max(settings.eot_n, n))

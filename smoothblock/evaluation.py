@@ -70,8 +70,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
                     continue
                 standalone = not cascade or entry.cheap
                 run = rows if standalone else rows[robust[rows]]
+                # rows is 0..k-1, so a row's index is its position in ``survived``.
                 survived = torch.ones(len(rows), dtype=torch.bool, device=labels.device)
-                index_in_rows = torch.searchsorted(rows, run)
                 for metric, craft in crafters[entry.name].items():
                     hits = torch.ones(len(run), dtype=torch.bool, device=labels.device)
                     if len(run):
@@ -86,7 +86,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
                         hits = pred == labels[run]
                         if entry.targeted and standalone:  # on survivors only it would be another rate
                             _count(correct, counted, f"{entry.name}_asr", pred == targets)
-                    survived[index_in_rows] &= hits
+                    survived[run] &= hits
                     if standalone:
                         _count(correct, counted, metric, hits)
                 if cascade:

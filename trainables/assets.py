@@ -119,13 +119,13 @@ def load_assets(trainable: str, base: Config, model: str | None, val_images: int
                 attacks: tuple[str, ...] = (), settings: AttackSettings = AttackSettings(), seed: int = 0) -> Assets:
     """Load the weights and the data a search needs (ConfigError/DataError/CheckpointError on bad
     input); for a posthoc suite with ``transfer``, craft its examples (seeded by ``seed``)."""
-    state_dict = model_config = None
+    state_dict = model_config = network = None
     if model:
         path = resolve(model)
         model_config, state_dict = load_checkpoint(path)
         # Checked here, on the driver, so weights of another architecture stop the search before
         # its first trial rather than fail every trial.
-        network_from_state(model_config, state_dict, path)
+        network = network_from_state(model_config, state_dict, path)
         # The defense goes into this network: its architecture wins over the base's.
         base = base.replace(arch=model_config.arch, num_classes=model_config.num_classes)
     splits = load_splits(base.data, val_size=base.val_size, split_seed=base.split_seed,
@@ -134,15 +134,16 @@ def load_assets(trainable: str, base: Config, model: str | None, val_images: int
     splits = dataclasses.replace(splits, val=splits.val.take(slice(0, val_images)))
     transfer = None
     if trainable == "posthoc" and "transfer" in attacks:
-        transfer = craft_transfer(network_from_state(model_config.replace(method="none"), state_dict, path),
-                                  splits.val, settings, seed=seed, device=resolve_device(base.device))
+        # The transfer entry switches off any SmoothBlock/DropBlock the trained network has.
+        transfer = craft_transfer(network, splits.val, settings, seed=seed, device=resolve_device(base.device))
     return Assets(base=base, splits=splits, state_dict=state_dict, model_config=model_config, transfer=transfer)
 
 
 def craft_transfer(network: torch.nn.Module, val: TensorDataset, settings: AttackSettings, *, seed: int,
                    device: torch.device, batch_size: int = 250) -> torch.Tensor:
     """The transfer attack's examples for every image of ``val``, crafted on ``network`` (the
-    trained weights, no defense) with the registry's ``transfer`` entry: (N, 3, H, W) float in [0, 1]."""
+    trained weights) with the registry's ``transfer`` entry, which crafts with the defense off:
+    (N, 3, H, W) float in [0, 1]."""
     network = network.to(device).eval()
     crafted = []
     with torch.random.fork_rng(devices=[]), torch.enable_grad():

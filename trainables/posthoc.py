@@ -13,14 +13,16 @@ import torch
 from ray import tune
 
 from smoothblock import Config
+from smoothblock.attacks import ATTACKS
 from smoothblock.evaluation import evaluate
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
 from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, trial_config
 
-#: Metrics that are counts, not fractions: summed over chunks, not averaged.
-COUNTS = ("n", "robust_n", "eot_n", "cw_n", "unbounded_n")
+#: Metrics that are counts, not fractions: summed over chunks, not averaged (an attack's limit
+#: is reported under the name of its AttackSettings field).
+COUNTS = ("n", "robust_n", *sorted({a.limit for a in ATTACKS.values() if a.limit}))
 
 
 def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[str, float]]:
