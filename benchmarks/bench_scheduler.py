@@ -35,7 +35,7 @@ def run(scheduler: str, data: str, trials: int, root: Path) -> dict:
     best = max(complete, key=lambda r: (r["robust_acc"], r["clean_acc"]))
     return {"scheduler": scheduler, "seconds": round(seconds, 1), "trials": len(done),
             "stopped_early": len(done) - len(complete), "trials_per_hour": round(3600 * len(done) / seconds, 1),
-            "images_scored": int(sum(r["n"] for r in done)),
+            "images_scored": int(sum(r["images"] for r in done)),
             "best_robust_acc": best["robust_acc"], "best_clean_acc": best["clean_acc"],
             "best": {k: best.get(k) for k in ("method", "positions", "block_size", "keep_prob", "ensemble")}}
 

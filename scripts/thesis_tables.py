@@ -29,13 +29,13 @@ def pct(value: float | None) -> str:
 
 def table41(report: dict) -> str:
     rows = report["metrics"]
-    lines = ["Measured (percent; `n`: test images, C&W and EOT-PGD on the first `cw_n` and `eot_n` of them):", "",
+    lines = ["Measured (percent; `images`: test images, C&W and EOT-PGD on the first `cw_images` and `eot_images` of them):", "",
              "| defense | n | clean | " + " | ".join(f"FGSM {e}" for e in FGSM)
-             + " | PGD | EOT-PGD (eot_n) | C&W acc (cw_n) | C&W ASR |", "|" + " --- |" * 13]
+             + " | PGD | EOT-PGD (eot_images) | C&W acc (cw_images) | C&W ASR |", "|" + " --- |" * 13]
     for method, m in rows.items():
         cells = [m.get("clean_acc")] + [m.get(f"fgsm_{e}_acc") for e in FGSM] + [m.get("pgd_acc")]
-        eot = f"{pct(m['eot_pgd_acc'])} ({int(m['eot_n']):,})" if "eot_pgd_acc" in m else "-"
-        cw = f"{pct(m['cw_acc'])} ({int(m['cw_n']):,})" if "cw_acc" in m else "-"
+        eot = f"{pct(m['eot_pgd_acc'])} ({int(m['eot_images']):,})" if "eot_pgd_acc" in m else "-"
+        cw = f"{pct(m['cw_acc'])} ({int(m['cw_images']):,})" if "cw_acc" in m else "-"
         lines.append(f"| {NAMES[method]} | {int(m['n']):,} | " + " | ".join(pct(c) for c in cells)
                      + f" | {eot} | {cw} | {pct(m.get('cw_asr'))} |")
     lines += ["", "Beside the thesis' Table 4.1 (thesis / here):", "",
@@ -64,7 +64,7 @@ def adaptive41(report: dict) -> str:
 
 def figure43(report: dict) -> str:
     rows = report["metrics"]
-    n = int(next(iter(rows.values()))["n"])
+    n = int(next(iter(rows.values()))["images"])
     lines = [f"FGSM accuracy by position ({n:,} test images):", "",
              "| defense | position | block size | clean | " + " | ".join(f"FGSM {e}" for e in FGSM) + " |",
              "|" + " --- |" * 10]

@@ -11,29 +11,27 @@ import subprocess
 import sys
 from urllib.parse import urlparse
 
-from smoothblock.cli import OneLineParser, add_commands, run
+from smoothblock.cli import OneLineParser, add_commands, add_field_flags, run
 
-from .config import list_presets
+from .config import SearchConfig, list_presets
+
+#: Search settings that are also flags (the rest live in the YAML: base, space, points_to_evaluate).
+FLAGS = tuple(name for name in SearchConfig.model_fields
+              if name not in ("base", "space", "points_to_evaluate", "trainable", "multi_objective"))
 
 
 def add_search_commands(sub) -> None:
     search = sub.add_parser("search", help="launch (or --resume) a search on a Ray cluster, logged to MLflow")
     search.add_argument("--preset", choices=list_presets(), default=None,
-                        help="posthoc (defense into the shipped model), train, or adv (adversarial training)")
+                        help="posthoc (defense into the shipped model; the default without --config), train, or "
+                             "adv (adversarial training)")
     search.add_argument("--config", default=None, help="YAML search configuration; with --preset it overrides the preset "
                              "(base and space merge key by key)")
     search.add_argument("--resume", metavar="NAME", default=None, help="finish the interrupted search NAME")
-    search.add_argument("--trials", type=int, default=None, help="number of trials")
-    search.add_argument("--name", default=None, help="search name (MLflow experiment, results folder)")
-    search.add_argument("--data", default=None, help="cifar10 (torchvision download) or an ImageFolder folder")
-    search.add_argument("--model", default=None, help="posthoc: a shipped name or a checkpoint file")
-    search.add_argument("--seed", type=int, default=None)
-    search.add_argument("--cpus_per_trial", "--cpus-per-trial", dest="cpus_per_trial", type=float, default=None,
-                        help="CPUs of one trial (default 1)")
-    search.add_argument("--gpus_per_trial", "--gpus-per-trial", dest="gpus_per_trial", type=float, default=None,
-                        help="GPUs of one trial; a fraction such as 0.25 puts four ResNet20 trials on one GPU")
+    search.add_argument("--data", default=None, help="base.data: cifar10 (torchvision download) or an ImageFolder folder")
+    add_field_flags(search, SearchConfig, FLAGS)
     search.add_argument("--address", default=None, help="auto or HOST:PORT of a Ray cluster (default: a local Ray)")
-    search.add_argument("--mlflow-uri", "--mlflow_uri", dest="mlflow_uri", default=None,
+    search.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
                         help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     search.add_argument("--storage", default=None,
                         help="results and checkpoints: a path every node sees, or s3://... (default ./ray_results)")
@@ -45,11 +43,11 @@ def add_search_commands(sub) -> None:
     which.add_argument("--top", type=int, default=1, help="the K best trials (default 1)")
     which.add_argument("--pareto", action="store_true", help="the Pareto front (clean_acc, robust accuracy, passes)")
     export.add_argument("-o", "--output", default="best.yaml", help="file to write (several: best-1.yaml, ...)")
-    export.add_argument("--mlflow-uri", "--mlflow_uri", dest="mlflow_uri", default=None)
+    export.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None)
     export.set_defaults(handler=run_export)
 
     ui = sub.add_parser("ui", help="the MLflow UI for the tracking store in use, on 127.0.0.1")
-    ui.add_argument("--mlflow-uri", "--mlflow_uri", dest="mlflow_uri", default=None)
+    ui.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None)
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(handler=run_ui)
@@ -62,19 +60,15 @@ def run_search(args: argparse.Namespace) -> int:
     from .report import print_summary
 
     if args.resume:
-        given = (args.preset, args.config, args.trials, args.name, args.data, args.model, args.seed,
-                 args.cpus_per_trial, args.gpus_per_trial)
+        given = (args.preset, args.config, args.data, *(getattr(args, name) for name in FLAGS))
         if any(value is not None for value in given):
             raise ConfigError("--resume NAME takes the search's own configuration; drop the other search options")
         outcome = tuner.resume(args.resume, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
     else:
         from .config import compose
 
-        if args.preset is None and args.config is None:
-            raise ConfigError("give --preset (posthoc, train, adv), --config FILE, or --resume NAME")
-        search = compose(args.preset, args.config, trials=args.trials, name=args.name, data=args.data,
-                         model=args.model, seed=args.seed, cpus_per_trial=args.cpus_per_trial,
-                         gpus_per_trial=args.gpus_per_trial)
+        preset = "posthoc" if args.preset is None and args.config is None else args.preset
+        search = compose(preset, args.config, data=args.data, **{name: getattr(args, name) for name in FLAGS})
         outcome = tuner.launch(search, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
     print_summary(outcome)
     return 0

@@ -101,7 +101,7 @@ def export(name: str, out: str, *, top: int = 1, pareto: bool = False, mlflow_ur
 def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dict[str, Any]:
     """What an exported file claims: ``robust_acc`` (the audited figure for an audited finalist,
     else the search's), ``clean_acc`` and, beside them, how each was measured."""
-    images = int(row["n"]) if "n" in row else int(params.get("val_images", 0))
+    images = int(row["images"]) if "images" in row else int(params.get("val_images", 0))
     out: dict[str, Any] = {"robust_acc": round(float(row.get(AUDITED, row[METRIC])), 4),
                            "clean_acc": round(float(row["clean_acc"]), 4)}
     draws = {"seed": int(params.get("seed", 0)), "eot_iter": int(params.get("eot_iter", 0)),
@@ -115,7 +115,7 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     audit = json.loads(Path(client.download_artifacts(row["run_id"], "audit.json", tmp)).read_text())
     metrics = audit["metrics"]
     out["audit"] = {"audited": True, "obfuscated": bool(audit["reasons"]), "reasons": audit["reasons"],
-                    "split": "validation", "images": int(metrics["n"]), **draws,
+                    "split": "validation", "images": int(metrics["images"]), **draws,
                     "attacks": audit["attacks"] + ["unbounded"], "eps": "8/255 (unbounded: 1)",
                     "accuracy": _figures(metrics), "search": search}
     return out

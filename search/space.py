@@ -23,8 +23,7 @@ from smoothblock.errors import ConfigError
 
 #: Fields a search may vary; the rest (data, recipe, ...) are fixed by the search's ``base``.
 SEARCHABLE = ("method", "defense_at", "adv_training", "positions", "block_size", "keep_prob", "gamma", "mean",
-              "smooth_prob", "ensemble", "adv_eps", "adv_alpha", "adv_steps", "adv_ratio", "lr", "weight_decay",
-              "sam_rho")
+              "smooth_prob", "ensemble", "adv_eps", "adv_alpha", "adv_steps", "adv_ratio", "lr", "weight_decay")
 BLOCK_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean")
 ADV_FIELDS = ("adv_eps", "adv_alpha", "adv_steps", "adv_ratio")
 

@@ -66,11 +66,11 @@ class AttackSettings:
     cw_lr: float = 0.01
     cw_initial_c: float = 0.01
     cw_kappa: float = 0.0
-    cw_n: int = 1000  # C&W runs on the first cw_n images only, as in the thesis
+    cw_images: int = 1000  # C&W runs on the first cw_images images only, as in the thesis
     # The EOT attacks (eot_pgd, apgd, autoattack_rand) cost tens of passes per image and step, so
-    # they run on the first eot_n images only.
-    eot_n: int = 1000
-    unbounded_n: int = 200  # the eps = 1 check needs few images to tell ~0% from 5%
+    # they run on the first eot_images images only.
+    eot_images: int = 1000
+    unbounded_images: int = 200  # the eps = 1 check needs few images to tell ~0% from 5%
 
 
 Crafter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -190,37 +190,37 @@ register(Attack(
     kind="transfer", cheap=True, build=lambda m, s, k, seed: {"transfer_acc": _transfer(m, s)},
     cost=lambda s: s.transfer_steps))
 register(Attack(
-    "eot_pgd", "PGD on the gradient averaged over eot_iter draws, eot_steps steps", "EOT-PGD", limit="eot_n",
+    "eot_pgd", "PGD on the gradient averaged over eot_iter draws, eot_steps steps", "EOT-PGD", limit="eot_images",
     build=lambda m, s, k, seed: {"eot_pgd_acc": torchattacks.EOTPGD(
         m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=s.eot_iter, random_start=True)},
     cost=lambda s: s.eot_steps * s.eot_iter))
 register(Attack(
-    "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_n",
+    "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_images",
     build=lambda m, s, k, seed: {"apgd_acc": torchattacks.APGD(
         m, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=s.eot_iter, loss="ce", seed=seed, n_restarts=1)},
     cost=lambda s: s.apgd_steps * s.eot_iter))
 register(Attack(
-    "autoattack_rand", "AutoAttack version rand: APGD-CE and APGD-DLR, 20 EOT draws", "AA-rand", limit="eot_n",
+    "autoattack_rand", "AutoAttack version rand: APGD-CE and APGD-DLR, 20 EOT draws", "AA-rand", limit="eot_images",
     build=lambda m, s, k, seed: {"autoattack_rand_acc": torchattacks.AutoAttack(
         m, norm="Linf", eps=s.pgd_eps, version="rand", n_classes=k, seed=seed)},
     cost=lambda s: 2 * 10 * 20))  # torchattacks: 10 APGD steps, 20 draws, two losses
 register(Attack(
-    "square", "Square, black-box, square_queries queries", "Square", kind="black", limit="eot_n",
+    "square", "Square, black-box, square_queries queries", "Square", kind="black", limit="eot_images",
     build=lambda m, s, k, seed: {"square_acc": torchattacks.Square(
         m, norm="Linf", eps=s.pgd_eps, n_queries=s.square_queries, n_restarts=1, seed=seed)},
     cost=lambda s: s.square_queries))
 register(Attack(
-    "unbounded", "PGD at eps 1 (a sanity check: a working attack leaves ~0%)", "eps 1", limit="unbounded_n",
+    "unbounded", "PGD at eps 1 (a sanity check: a working attack leaves ~0%)", "eps 1", limit="unbounded_images",
     build=lambda m, s, k, seed: {"unbounded_acc": _pgd(m, s, steps=s.unbounded_steps, eps=1.0,
                                                        alpha=2.5 / s.unbounded_steps, random_start=False)},
     cost=lambda s: s.unbounded_steps))
 register(Attack(
-    "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", "C&W", limit="cw_n", targeted=True,
+    "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", "C&W", limit="cw_images", targeted=True,
     build=lambda m, s, k, seed: {"cw_acc": lambda images, targets: cw_l2_targeted(m, images, targets, s)},
     cost=lambda s: s.cw_search_steps * s.cw_steps))
 register(Attack(
     "eot_pgd_x2", "eot_pgd with twice eot_iter draws (the audit's check that EOT has converged)", "EOT-PGD x2",
-    limit="eot_n",
+    limit="eot_images",
     build=lambda m, s, k, seed: {"eot_pgd_x2_acc": torchattacks.EOTPGD(
         m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=2 * s.eot_iter, random_start=True)},
     cost=lambda s: 2 * s.eot_steps * s.eot_iter))

@@ -67,12 +67,12 @@ def audit_order(suite: tuple[str, ...]) -> tuple[str, ...]:
     return (*white, *LAST_ATTACKS)
 
 
-def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], n: int | None = None,
+def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], images: int | None = None,
           settings: AttackSettings = AttackSettings(), seed: int = 0, device: str | torch.device = "cpu",
           num_classes: int = 10, thresholds: AuditThresholds = AuditThresholds(),
           precomputed: dict[str, torch.Tensor] | None = None, batch_size: int = 250,
           progress: bool = False) -> AuditResult:
-    """Audit ``model`` (the whole defended model) on the first ``n`` images of ``dataset``.
+    """Audit ``model`` (the whole defended model) on the first ``images`` images of ``dataset``.
 
     Args:
         suite: the attacks the defense was scored with; they run again here, beside the audit's.
@@ -84,14 +84,14 @@ def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], n
     """
     order = audit_order(suite)
     # Every attack gets every image: the audit is on few finalists and decides the winner.
-    settings = dataclasses.replace(settings, eot_n=max(settings.eot_n, n if n is not None else len(dataset)))
-    common = dict(n=n, settings=settings, seed=seed, device=device, num_classes=num_classes,
+    settings = dataclasses.replace(settings, eot_images=max(settings.eot_images, images if images is not None else len(dataset)))
+    common = dict(images=images, settings=settings, seed=seed, device=device, num_classes=num_classes,
                   batch_size=batch_size, progress=progress)
     metrics = evaluate(model, dataset, attacks=order, cascade=True, precomputed=precomputed, **common)
-    unbounded = evaluate(model, dataset, attacks=("unbounded",), **{**common, "n": min(settings.unbounded_n,
-                                                                                       metrics["n"])})
+    unbounded = evaluate(model, dataset, attacks=("unbounded",), **{**common, "images": min(settings.unbounded_images,
+                                                                                       metrics["images"])})
     metrics["unbounded_acc"] = unbounded["unbounded_acc"]
-    metrics["unbounded_n"] = unbounded["n"]
+    metrics["unbounded_images"] = unbounded["images"]
     reasons = []
     gain = sum(metrics.get(f"{a}_broke", 0.0) for a in LAST_ATTACKS)
     if gain > thresholds.max_transfer_gain:

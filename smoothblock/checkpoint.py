@@ -19,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .config import Config
+from .config import Config, ModelSpec
 from .errors import CheckpointError, ConfigError
+from .settings import parse_yaml
 
-FORMAT = "smoothblock/1"
+FORMAT = "smoothblock/2"
+#: Version 1 saved the whole flat configuration under ``config``; only its model part is read.
+FORMAT_V1 = "smoothblock/1"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -43,9 +47,13 @@ def atomic_write(path: Path, write) -> None:
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,
                  extra: dict[str, str] | None = None) -> None:
-    """Save weights and configuration as safetensors (``extra``: more string metadata)."""
+    """Save weights as safetensors with, in the metadata, what the model is (``model``: the
+    :class:`ModelSpec`, YAML) and where it came from (``provenance``: data name, split, recipe,
+    seed; YAML, a record only). How the run executed (device, folders) is not saved.
+    ``extra``: more string metadata."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    metadata = {"format": FORMAT, "config": cfg.to_yaml(), **(extra or {})}
+    metadata = {"format": FORMAT, "model": cfg.spec().to_yaml(),
+                "provenance": yaml.safe_dump(cfg.provenance(), sort_keys=False), **(extra or {})}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
@@ -78,7 +86,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
                 f"refused to load {path}: it holds Python objects that would run code when unpickled"
             ) from None
         raise CheckpointError(f"{path} is corrupt or not a checkpoint") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
+    if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1) or "model" not in state:
         raise CheckpointError(f"{path} is not a smoothblock checkpoint")
     return state
 
@@ -115,7 +123,11 @@ def _imports_code(path: Path) -> bool:
 
 
 def load_checkpoint(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
-    """Read the configuration and the model weights of a ``.safetensors`` or ``.pt`` checkpoint."""
+    """What a ``.safetensors`` or ``.pt`` checkpoint's model is, and its weights.
+
+    The configuration returned holds the checkpoint's :class:`ModelSpec` and the defaults for
+    everything else: the data, recipe and folders it was trained with are a record, never
+    settings of the next run."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -126,19 +138,29 @@ def load_checkpoint(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
                 state_dict = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError):
             raise CheckpointError(f"{path} is corrupt or not a safetensors checkpoint") from None
-        if metadata.get("format") != FORMAT or "config" not in metadata:
+        key = {FORMAT: "model", FORMAT_V1: "config"}.get(metadata.get("format"))
+        if key is None or key not in metadata:
             raise CheckpointError(f"{path} is not a smoothblock checkpoint (no configuration in it)")
-        config_text = metadata["config"]
+        config_text = metadata[key]
     else:
         state = load_training_state(path)
         state_dict, config_text = state["model"], state.get("config")
         if not isinstance(config_text, str) or not isinstance(state_dict, dict):
             raise CheckpointError(f"{path} is not a smoothblock checkpoint")
+    source = f"configuration in {path}"
     try:
-        cfg = Config.from_yaml(config_text, source=f"configuration in {path}")
+        saved = parse_yaml(config_text, source)
+        spec = ModelSpec.from_dict({k: v for k, v in saved.items() if k in ModelSpec.model_fields}, source=source)
     except ConfigError as exc:
         raise CheckpointError(str(exc)) from None
-    return cfg, state_dict
+    return Config(**dict(spec)), state_dict
+
+
+def read_provenance(path: str | Path) -> dict[str, Any]:
+    """The provenance record of a ``.safetensors`` file ({} when it has none)."""
+    with safe_open(str(path), framework="pt") as f:
+        text = (f.metadata() or {}).get("provenance")
+    return parse_yaml(text, f"provenance in {path}") if text else {}
 
 
 def load_state_into(model: torch.nn.Module, state_dict: dict[str, torch.Tensor], cfg: Config,

@@ -1,4 +1,4 @@
-"""The library's commands: ``smoothblock train``, ``evaluate`` and ``soup``.
+"""The library's commands: ``smoothblock train`` and ``evaluate``.
 
 :func:`add_commands` adds them to any argparse sub-parser set, so a higher-level console script
 (the search) can wire them in without this package importing anything above it.
@@ -19,7 +19,6 @@ from .attacks import ATTACKS, AttackSettings
 from .checkpoint import atomic_write
 from .config import FIELD_NAMES, METHODS, Config
 from .errors import ConfigError, SmoothBlockError
-from .soup import SOUPS
 
 DEFENSE_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble", "defense_at")
 DEFAULT_ATTACKS = ("fgsm", "pgd", "transfer", "eot_pgd", "cw")
@@ -43,22 +42,25 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _add_field_flags(parser: argparse.ArgumentParser, names: tuple[str, ...]) -> None:
-    """``--name`` (and ``--na-me``) for configuration fields, typed from the dataclass."""
-    hints = typing.get_type_hints(Config)
+def add_field_flags(parser: argparse.ArgumentParser, settings: type, names: tuple[str, ...]) -> None:
+    """``--name`` (and the alias ``--na-me``) for fields of a settings class (:class:`Config`,
+    the search's), typed and described by the fields themselves: one name in YAML and on the
+    command line."""
     for name in names:
-        hint = hints[name]
-        args = typing.get_args(hint)
-        base = next(a for a in args if a is not type(None)) if type(None) in args else hint
+        info = settings.model_fields[name]
+        args = typing.get_args(info.annotation)
+        base = next(a for a in args if a is not type(None)) if type(None) in args else info.annotation
         flags = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
+        described = (info.description or "").replace("%", "%%")
         if typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
             parser.add_argument(*flags, dest=name, type=item, nargs="+", default=None,
-                                metavar="P" if item is int else "MODEL")
+                                metavar=name.upper()[:-1] if name.endswith("s") else name.upper(), help=described)
         elif base is bool:
-            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None,
+                                help=described)
         else:
-            parser.add_argument(*flags, dest=name, type=base, default=None)
+            parser.add_argument(*flags, dest=name, type=base, default=None, help=described)
 
 
 def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
@@ -66,12 +68,12 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def add_commands(subparsers) -> None:
-    """Add ``train``, ``evaluate`` and ``soup`` to an argparse sub-parser set."""
+    """Add ``train`` and ``evaluate`` to an argparse sub-parser set."""
     train = subparsers.add_parser("train", help="train a (defended) model from a YAML configuration")
     train.add_argument("--config", required=True, help="YAML file of configuration fields")
     train.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_field_flags(train, FIELD_NAMES)
+    add_field_flags(train, Config, FIELD_NAMES)
     train.set_defaults(handler=run_train)
 
     ev = subparsers.add_parser("evaluate", help="clean and robust accuracy, thesis-style table")
@@ -94,10 +96,14 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--cascade", action="store_true",
                     help="run each expensive attack only on the images the attacks before it left (AutoAttack's "
                          "way): the same worst case for less; those attacks then report what they broke")
-    ev.add_argument("--n", type=int, default=1000,
-                    help="number of images (C&W, the EOT attacks, Square: at most --cw_n and --eot_n of them)")
+    ev.add_argument("--images", type=int, default=1000,
+                    help="number of images scored, the first of the split (C&W, the EOT attacks, Square: at most "
+                         "--cw_images and --eot_images of them)")
     ev.add_argument("--split", choices=["test", "val"], default="test")
-    ev.add_argument("--data", default=None, help="cifar10 or an ImageFolder folder (default: the model's)")
+    ev.add_argument("--data", default="cifar10",
+                    help="cifar10 (torchvision's download) or a folder of CIFAR-10 in ImageFolder layout "
+                         "(default: cifar10)")
+    add_field_flags(ev, Config, ("val_size", "split_seed"))
     ev.add_argument("--json", default=None, help="write the metrics to this JSON file")
     ev.add_argument("--batch_size", "--batch-size", type=int, default=250)
     ev.add_argument("--seed", type=int, default=0)
@@ -108,23 +114,9 @@ def add_commands(subparsers) -> None:
         if f.name != "fgsm_eps":
             ev.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name,
                             type=type(f.default), default=f.default)
-    _add_field_flags(ev, DEFENSE_FIELDS)
+    add_field_flags(ev, Config, DEFENSE_FIELDS)
     ev.set_defaults(handler=run_evaluate)
 
-    so = subparsers.add_parser("soup", help="average fine-tuned models' weights into one (model soups), "
-                                            "chosen on the validation split")
-    so.add_argument("--models", nargs="+", required=True, metavar="MODEL",
-                    help="shipped names or checkpoint files, trained on the same split")
-    so.add_argument("--out_dir", "--out-dir", required=True, help="where model.safetensors and soup.json go")
-    so.add_argument("--soup", choices=SOUPS, default="greedy",
-                    help="greedy: best first, keep each model that does not lower the validation accuracy; "
-                         "uniform: all of them")
-    so.add_argument("--recompute_bn", "--recompute-bn", action="store_true",
-                    help="recompute batch-norm statistics on the training images instead of averaging them")
-    so.add_argument("--data", default=None, help="cifar10 or an ImageFolder folder (default: the models')")
-    so.add_argument("--cache_dir", "--cache-dir", default=None)
-    so.add_argument("--device", default="auto")
-    so.set_defaults(handler=run_soup)
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -141,21 +133,6 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_soup(args: argparse.Namespace) -> int:
-    from .soup import make_soup
-
-    result = make_soup(args.models, args.out_dir, soup=args.soup, recompute_bn=args.recompute_bn, data=args.data,
-                       cache_dir=args.cache_dir, device=args.device)
-    for ingredient in result.ingredients:
-        tried = "soup_val_acc" in ingredient
-        with_it = f"  (the soup with it: {100 * ingredient['soup_val_acc']:.2f}%)" if tried else ""
-        print(f"{100 * ingredient['val_acc']:.2f}%  {'kept' if ingredient['kept'] else 'left out':<8}  "
-              f"{ingredient['path']}{with_it}")
-    print(f"{result.soup} soup of {sum(i['kept'] for i in result.ingredients)}: val_acc {result.val_acc:.4f}; "
-          f"weights in {result.weights_path}")
-    return 0
-
-
 def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
@@ -165,8 +142,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .hub import apply_overrides, model_from_state, resolve
     from .train import resolve_device
 
-    if args.n < 1:
-        raise ConfigError(f"--n must be >= 1, got {args.n}")
+    if args.images < 1:
+        raise ConfigError(f"--images must be >= 1, got {args.images}")
     device = resolve_device(args.device)
     defense = _overrides(args, DEFENSE_FIELDS)
     methods = args.methods or ["none", "dropblock", "smoothblock"]
@@ -192,12 +169,13 @@ def run_evaluate(args: argparse.Namespace) -> int:
         for position in row.pop("positions", None) or saved.positions:
             models[f"{method}@{position}"] = row_model(method=method, positions=[position], **row)
     base_cfg = next(iter(models.values())).smoothblock_config
-    data = args.data or base_cfg.data
+    data = args.data
     if args.split == "test":
-        dataset, _ = load_dataset(data, "test", args.cache_dir or base_cfg.cache_dir)
-    else:
-        dataset = load_splits(data, val_size=base_cfg.val_size, split_seed=base_cfg.split_seed,
-                              cache_dir=args.cache_dir or base_cfg.cache_dir, need_test=False).val
+        dataset, _ = load_dataset(data, "test", args.cache_dir)
+    else:  # the split searches score on (DataSpec's defaults unless given)
+        split = base_cfg.replace(**_overrides(args, ("val_size", "split_seed")))
+        dataset = load_splits(data, val_size=split.val_size, split_seed=split.split_seed,
+                              cache_dir=args.cache_dir, need_test=False).val
     settings = AttackSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AttackSettings)
                                  if f.name != "fgsm_eps"})
     torch.set_grad_enabled(True)
@@ -214,8 +192,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     for method, model in models.items():
         started = time.perf_counter()
-        logging.getLogger(__name__).info("evaluating %s on %d %s images", method, min(args.n, len(dataset)), args.split)
-        rows[method] = evaluate(model, dataset, attacks=tuple(args.attacks), n=args.n, cascade=args.cascade,
+        logging.getLogger(__name__).info("evaluating %s on %d %s images", method, min(args.images, len(dataset)), args.split)
+        rows[method] = evaluate(model, dataset, attacks=tuple(args.attacks), images=args.images, cascade=args.cascade,
                                 batch_size=args.batch_size, settings=settings, seed=args.seed,
                                 device=device, num_classes=base_cfg.num_classes, progress=not args.quiet)
         seconds[method] = round(time.perf_counter() - started, 1)
@@ -235,8 +213,8 @@ def format_table(rows: dict[str, dict[str, float]], settings: AttackSettings = A
     first = next(iter(rows.values()), {})
     fewer = {f"{name}_{kind}": attack.limit for name, attack in ATTACKS.items() if attack.limit
              for kind in ("acc", "asr", "broke")}
-    fewer["robust_acc"] = "robust_n"
-    titles = [f"{title} ({first[fewer[key]]})" if key in fewer and first.get(fewer[key], 0) < first.get("n", 0)
+    fewer["robust_acc"] = "robust_images"
+    titles = [f"{title} ({first[fewer[key]]})" if key in fewer and first.get(fewer[key], 0) < first.get("images", 0)
               else title for key, title in cols]
     header = "| defense | " + " | ".join(titles) + " |"
     lines = [header, "|" + " --- |" * (len(cols) + 1)]

@@ -195,17 +195,9 @@ def iterate_batches(dataset: TensorDataset, batch_size: int, *, shuffle: bool = 
         yield to_float(dataset.images[idx], device), dataset.labels[idx].to(device, non_blocking=True)
 
 
-def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0, trivial_augment: bool = False,
+def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0,
             generator: torch.Generator | None = None) -> torch.Tensor:
-    """Optional TrivialAugment, then random crop with zero padding, random horizontal flip and
-    optional Cutout, on a whole batch.
-
-    TrivialAugment (Müller & Hutter 2021, "TrivialAugment: Tuning-free Yet State-of-the-Art Data
-    Augmentation") applies to each image one operation drawn uniformly from its wide set at a
-    uniformly drawn strength (torchvision's ``TrivialAugmentWide``), before crop and flip as the
-    paper's CIFAR pipeline does before Cutout. It works image by image (about 0.2 ms each on one
-    CPU core), on the images rounded back to uint8 as they were stored, so that every operation
-    sees what it was written for.
+    """Random crop with zero padding, random horizontal flip and optional Cutout, on a whole batch.
 
     Cutout (DeVries & Taylor 2017, "Improved Regularization of Convolutional Neural Networks with
     Cutout") fills one ``cutout`` x ``cutout`` square per image, centred anywhere in the image and
@@ -217,14 +209,11 @@ def augment(x: torch.Tensor, *, padding: int = 4, cutout: int = 0, trivial_augme
         padding: pixels of zero padding before cropping back to H x W.
         cutout: side of the square; 0 for none (and then no random numbers are drawn for it, so
             runs without Cutout draw exactly what they drew before it existed).
-        trivial_augment: apply TrivialAugment first; False draws nothing for it.
-        generator: CPU generator for the offsets, flips, squares and TrivialAugment's seed.
+        generator: CPU generator for the offsets, flips and squares.
 
     Returns:
         Augmented images, same shape.
     """
-    if trivial_augment:
-        x = _trivial_augment(x, generator)
     n, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4)
     dy = _to_device(torch.randint(0, 2 * padding + 1, (n,), generator=generator), x.device)
@@ -255,17 +244,3 @@ def _to_device(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return values.to(device)
     return values.pin_memory().to(device, non_blocking=True)
-
-
-def _trivial_augment(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """TrivialAugmentWide on each image of (N, C, H, W) floats in [0, 1]; its draws come from
-    torch's global generator, so they are seeded from ``generator`` inside a forked RNG state."""
-    from torchvision.transforms import v2
-
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    images = x.mul(255).round_().to(torch.uint8).cpu()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        transform = v2.TrivialAugmentWide()
-        out = torch.stack([transform(image) for image in images])
-    return out.to(x.device).float().div_(255.0)

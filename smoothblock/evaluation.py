@@ -10,7 +10,7 @@ from .data import TensorDataset, iterate_batches
 
 
 def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ...] = ("pgd",),
-             n: int | None = None, batch_size: int = 256, settings: AttackSettings = AttackSettings(),
+             images: int | None = None, batch_size: int = 256, settings: AttackSettings = AttackSettings(),
              seed: int = 0, device: str | torch.device = "cpu", num_classes: int = 10,
              progress: bool = True, cascade: bool = False,
              precomputed: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
@@ -23,27 +23,27 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
         model: the whole defended model (ensemble included), images in [0, 1] -> logits.
         dataset: uint8 images and labels.
         attacks: names from :data:`smoothblock.attacks.ATTACKS`, run in this order.
-        n: number of images (None: all); an attack with a ``limit`` (C&W, the EOT attacks, the
+        images: number of images scored, the first of ``dataset`` (None: all); an attack with a ``limit`` (C&W, the EOT attacks, the
             unbounded check) runs on the first ``settings.<limit>`` of them only, and ``robust_acc``
-            counts the images every attack ran on (``robust_n``).
+            counts the images every attack ran on (``robust_images``).
         cascade: the worst case at a fraction of the cost (AutoAttack's way): an attack that is not
             ``cheap`` runs only on the images still robust after the attacks before it, and reports
             no accuracy of its own. Every attack reports ``<name>_broke``, the fraction of the images
             it broke that the attacks before it had left: which attack set the worst case.
             ``robust_acc`` is the same as without the cascade (up to the draws).
-        precomputed: attack name -> adversarial images (n, C, H, W) in [0, 1], aligned with the first
-            ``n`` images, used instead of crafting them (a search crafts the transfer examples once).
+        precomputed: attack name -> adversarial images (images, C, H, W) in [0, 1], aligned with the first
+            ``images`` images, used instead of crafting them (a search crafts the transfer examples once).
         seed: seeds the defense's draws, the attacks' random starts and the C&W targets, inside a
             forked RNG so the caller's random state is untouched.
 
     Returns:
         ``{"clean_acc", "<attack>_acc" (FGSM: "fgsm_<eps>_acc") or "<attack>_broke", "cw_asr",
-        "robust_acc"}`` as fractions, and the image counts ``n``, ``robust_n`` and, where an attack
-        is limited, ``eot_n``, ``cw_n``, ``unbounded_n``.
+        "robust_acc"}`` as fractions, and the image counts ``images``, ``robust_images`` and, where an attack
+        is limited, ``eot_images``, ``cw_images``, ``unbounded_images``.
     """
     entries = [get_attack(a) for a in attacks]
     precomputed = precomputed or {}
-    subset = dataset.take(slice(0, n)) if n is not None else dataset
+    subset = dataset.take(slice(0, images)) if images is not None else dataset
     for name, images in precomputed.items():
         if len(images) < len(subset):
             raise ValueError(f"precomputed {name} holds {len(images)} images, the evaluation needs {len(subset)}")
@@ -96,8 +96,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
             _count(correct, counted, "robust_acc", robust[: max(0, robust_limit - seen)])
             seen += len(labels)
     metrics = {name: correct[name] / counted[name] for name in correct if counted[name]}
-    metrics["n"] = len(subset)
-    metrics["robust_n"] = counted.get("robust_acc", 0)
+    metrics["images"] = len(subset)
+    metrics["robust_images"] = counted.get("robust_acc", 0)
     for entry in entries:
         if entry.limit:
             metrics[entry.limit] = min(limits[entry.name], len(subset))

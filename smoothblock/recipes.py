@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from .config import Config
-from .errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -24,8 +23,6 @@ class Recipe:
     lr: float
     weight_decay: float
     label_smoothing: float
-    swa_epochs: int = 0
-    swa_lr: float = 0.0
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         if self.name == "paper":
@@ -37,16 +34,13 @@ class Recipe:
                                lr=self.lr, momentum=0.9, nesterov=True)
 
     def lr_at(self, step: int, steps_per_epoch: int) -> float:
-        """Learning rate for optimizer step ``step`` (0-based): the recipe's schedule over the
-        first ``epochs - swa_epochs`` epochs, then ``swa_lr`` (constant) in the SWA epochs."""
+        """Learning rate for optimizer step ``step`` (0-based)."""
         epoch = step / steps_per_epoch
-        if epoch >= self.epochs - self.swa_epochs:
-            return self.swa_lr
         if self.name == "paper":
             # Thesis Section 4.1: x0.1 at epoch 80, then x0.5 at epoch 180.
             return self.lr * (0.1 if epoch >= 80 else 1.0) * (0.5 if epoch >= 180 else 1.0)
         # One-cycle: linear warm-up over the first 15% of steps, then cosine down to zero.
-        total = (self.epochs - self.swa_epochs) * steps_per_epoch
+        total = self.epochs * steps_per_epoch
         warmup = max(1, int(0.15 * total))
         if step < warmup:
             return self.lr * (step + 1) / warmup
@@ -66,13 +60,10 @@ _DEFAULTS = {
 
 
 def resolve_recipe(cfg: Config) -> Recipe:
-    """The recipe ``cfg.recipe`` with ``cfg``'s epochs, batch_size, lr, weight_decay,
-    label_smoothing, swa_epochs and swa_lr applied (where not None)."""
+    """The recipe ``cfg.recipe`` with ``cfg``'s epochs, batch_size, lr, weight_decay and
+    label_smoothing applied (where not None)."""
     values = dict(_DEFAULTS[cfg.recipe])
     for name in ("epochs", "batch_size", "lr", "weight_decay", "label_smoothing"):
         if getattr(cfg, name) is not None:
             values[name] = getattr(cfg, name)
-    if cfg.swa_epochs >= values["epochs"]:
-        raise ConfigError(f"swa_epochs ({cfg.swa_epochs}) must be fewer than epochs ({values['epochs']})")
-    swa_lr = cfg.swa_lr if cfg.swa_lr is not None else values["lr"] / 2
-    return Recipe(name=cfg.recipe, swa_epochs=cfg.swa_epochs, swa_lr=swa_lr, **values)
+    return Recipe(name=cfg.recipe, **values)

@@ -20,15 +20,12 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
 from tqdm import tqdm
 
-from . import sam
 from .checkpoint import load_state_into, load_training_state, save_training_state, save_weights
-from .config import Config
+from .config import Config, RunSpec
 from .data import Splits, augment, iterate_batches, load_splits
 from .defended import build_model
-from .distill import distillation_loss, load_teachers, teacher_probs
 from .errors import CheckpointError, ConfigError
 from .hub import load_config_and_weights
 from .recipes import Recipe, resolve_recipe
@@ -83,22 +80,19 @@ def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, c
 
 
 def augmented_batches(dataset, batch_size: int, cutout: int, generator: torch.Generator,
-                      device: torch.device, drop_last: bool = False, trivial_augment: bool = False):
+                      device: torch.device, drop_last: bool = False):
     """Shuffled (images (N, 3, 32, 32) channels_last, labels (N,)) batches augmented as in
-    training (``trivial_augment``, crop, flip, ``cutout``), drawn from ``generator``: one pipeline
-    for the training steps and for the batch-norm recomputation, whose statistics must match them."""
+    training (crop, flip, ``cutout``), drawn from ``generator``."""
     for images, labels in iterate_batches(dataset, batch_size, shuffle=True, generator=generator,
                                           device=device, drop_last=drop_last):
-        images = augment(images, cutout=cutout, trivial_augment=trivial_augment, generator=generator)
+        images = augment(images, cutout=cutout, generator=generator)
         yield images.contiguous(memory_format=torch.channels_last), labels
 
 
 def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, recipe: Recipe,
-          device: torch.device, bf16: bool, adv: torch.Tensor | None,
-          soft: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+          device: torch.device, bf16: bool, adv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The training loss of one batch and the clean logits (N, K) it was computed from. ``adv``:
-    the batch's adversarial examples (N, C, H, W) under adversarial training, else None; ``soft``:
-    the teachers' softened probabilities (N, K) under distillation, else None."""
+    the batch's adversarial examples (N, C, H, W) under adversarial training, else None."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         if adv is not None:
             out_clean, out_adv = model(images), model(adv)
@@ -106,57 +100,36 @@ def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Con
                     + cfg.adv_ratio * F.cross_entropy(out_adv, labels, label_smoothing=recipe.label_smoothing))
             return loss, out_clean
         logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing)
-        if soft is not None:
-            loss = ((1 - cfg.distill_weight) * loss
-                    + cfg.distill_weight * distillation_loss(logits, soft, cfg.distill_temperature))
-        return loss, logits
+        return F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing), logits
 
 
 def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, cfg: Config,
                     recipe: Recipe, epoch: int, device: torch.device, progress: bool = True,
-                    bf16: bool = False, teachers: list[nn.Module] | None = None) -> dict[str, float]:
-    """One pass over the training set; returns train_loss and train_acc of the epoch.
-
-    With ``teachers`` (eval-mode models), the loss is (1 - ``cfg.distill_weight``) x the label
-    cross-entropy + ``cfg.distill_weight`` x the distillation term (:mod:`smoothblock.distill`)."""
+                    bf16: bool = False) -> dict[str, float]:
+    """One pass over the training set; returns train_loss and train_acc of the epoch."""
     model.train()
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
     torch.manual_seed(cfg.seed * 100_003 + epoch)
     steps_per_epoch = max(1, len(splits.train) // recipe.batch_size)
     batches = augmented_batches(splits.train, recipe.batch_size, cfg.cutout, generator, device,
-                                drop_last=len(splits.train) >= recipe.batch_size,
-                                trivial_augment=cfg.trivial_augment)
+                                drop_last=len(splits.train) >= recipe.batch_size)
     # The running sums stay on the device: reading a GPU number every step would make the CPU wait
     # for each step to finish before queueing the next.
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen = 0
-    params = [p for p in model.parameters() if p.requires_grad]
     bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{recipe.epochs}",
                disable=not progress, leave=False)
     for i, (images, labels) in enumerate(bar):
         for group in optimizer.param_groups:
             group["lr"] = recipe.lr_at(epoch * steps_per_epoch + i, steps_per_epoch)
-        # Made once a step: with SAM, both passes learn from the same examples and targets.
-        adv = soft = None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            if cfg.adv_training != "none":
+        adv = None
+        if cfg.adv_training != "none":
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 adv = _adversarial(model, images, labels, cfg)
-            elif teachers:
-                soft = teacher_probs(teachers, images, cfg.distill_temperature)
         optimizer.zero_grad(set_to_none=True)
-        loss, logits = _loss(model, images, labels, cfg, recipe, device, bf16, adv, soft)
+        loss, logits = _loss(model, images, labels, cfg, recipe, device, bf16, adv)
         loss.backward()
-        if cfg.sam_rho > 0:
-            # Foret et al. 2021, Eq. 3: the update uses the gradient at the worst weights within
-            # sam_rho, on the same batch (and the same adversarial examples); the second pass's
-            # loss is not the one reported.
-            steps = sam.ascend(params, cfg.sam_rho)
-            optimizer.zero_grad(set_to_none=True)
-            with sam.frozen_batch_norm_stats(model):
-                _loss(model, images, labels, cfg, recipe, device, bf16, adv, soft)[0].backward()
-            sam.descend_back(steps)
         optimizer.step()
         loss_sum += loss.detach().float() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
@@ -169,23 +142,6 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"loss is {train_loss} in epoch {epoch + 1}")
     return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1)}
-
-
-@torch.no_grad()
-def recompute_batch_norm(model: nn.Module, dataset, cfg: Config, device: torch.device, batch_size: int = 512,
-                         bf16: bool = False) -> None:
-    """Recompute ``model``'s batch-norm statistics in place from one pass over ``dataset``
-    (torch's ``update_bn``: an equal-weight average over the batches), as SWA needs for averaged
-    weights. The images are augmented as in training (as ``cfg`` says: TrivialAugment, crop, flip,
-    Cutout; one fixed draw from ``cfg.seed``): the weights were learnt under those statistics.
-    Recomputed on the clean images instead, the 220-epoch Cutout ResNet20 fell from 90.14% to
-    84.90% on the validation split; on augmented ones it kept 90.26%."""
-    generator = torch.Generator().manual_seed(cfg.seed)
-    batches = (images for images, _ in augmented_batches(dataset, batch_size, cfg.cutout, generator, device,
-                                                         trivial_augment=cfg.trivial_augment))
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        update_bn(batches, model)
-    model.eval()
 
 
 @torch.no_grad()
@@ -238,17 +194,15 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         saved = Config.from_yaml(state["config"], source=f"configuration in {state_path}")
         # A run may move (another folder, another machine, another device) and be lengthened; a
         # machine without fast bfloat16 may go on in float32.
-        movable = dict(epochs=cfg.epochs, out_dir=cfg.out_dir, device=cfg.device, bf16=cfg.bf16,
-                       compile=cfg.compile, swa_epochs=cfg.swa_epochs, swa_lr=cfg.swa_lr)
+        movable = {name: getattr(cfg, name) for name in ("epochs", *RunSpec.model_fields)}
         if saved.replace(**movable) != cfg:
-            raise CheckpointError(f"{state_path} was written for another configuration; only epochs, "
-                                  "swa_epochs, swa_lr, out_dir, device, bf16 and compile may change on --resume")
+            raise CheckpointError(f"{state_path} was written for another configuration; only epochs and "
+                                  f"{', '.join(RunSpec.model_fields)} may change on --resume")
     elif state_path.exists():
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
     device = resolve_device(cfg.device)
     recipe = resolve_recipe(cfg)
     bf16 = use_bf16(cfg, device)
-    teachers = load_teachers(cfg.teachers, cfg.num_classes, device)  # before the data: fail fast
     if init_state is None and state is None and cfg.init_from is not None:
         init_state = initial_weights(cfg)
     if splits is None:
@@ -260,7 +214,7 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
     optimizer = recipe.optimizer(model)
-    # Shares the parameters with ``model``: checkpoints, SWA and evaluation use the eager module.
+    # Shares the parameters with ``model``: checkpoints and evaluation use the eager module.
     step_model = torch.compile(model) if cfg.compile else model
     history: list[dict[str, float]] = []
     start_epoch = 0
@@ -272,37 +226,23 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         history = list(state["history"])
         start_epoch = int(state["epoch"])
         log.info("resuming %s at epoch %d", out, start_epoch + 1)
-    swa_start = recipe.epochs - recipe.swa_epochs
-    averaged = AveragedModel(model) if recipe.swa_epochs else None
-    if averaged is not None and state is not None and "swa_model" in state:
-        averaged.load_state_dict(state["swa_model"])
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
-        metrics = train_one_epoch(step_model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16, teachers)
-        result = model
-        if averaged is not None and epoch >= swa_start:
-            averaged.update_parameters(model)
-            result = averaged.module
-            recompute_batch_norm(result, splits.train, cfg, device, bf16=bf16)
-            metrics["swa_models"] = int(averaged.n_averaged)
-        metrics["val_acc"] = accuracy(result, splits.val, device, bf16=bf16)
+        metrics = train_one_epoch(step_model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16)
+        metrics["val_acc"] = accuracy(model, splits.val, device, bf16=bf16)
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                        seconds=round(time.perf_counter() - started, 2))
         history.append(metrics)
         training_state = {"config": cfg.to_yaml(), "epoch": epoch + 1, "history": history,
                           "model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        if result is not model:
-            training_state["swa_model"] = averaged.state_dict()
         save_training_state(state_path, training_state)
         (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
         log.info("epoch %d/%d %s", epoch + 1, recipe.epochs,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch",)))
         if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, metrics, result)
-    if averaged is not None and averaged.n_averaged > 0:
-        model = averaged.module
+            on_epoch_end(epoch + 1, metrics, model)
     weights = out / "model.safetensors"
     save_weights(weights, model.state_dict(), cfg)
     return TrainResult(model=model.eval(), history=history, weights_path=weights)

@@ -117,17 +117,3 @@ def mlflow_server(tmp_path_factory):
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
-
-
-@pytest.fixture(scope="session")
-def soup_ingredients(image_folder, tmp_path_factory) -> list[str]:
-    """A trained start and three fine-tunes of it (seeds 1-3): what a model soup is made of."""
-    from smoothblock import Config
-    from smoothblock.train import train
-
-    root = tmp_path_factory.mktemp("soup")
-    base = Config(data=str(image_folder), val_size=20, epochs=2, batch_size=16, device="cpu", bf16=False,
-                  out_dir=str(root / "start"))
-    start = train(base, progress=False).weights_path
-    return [str(train(base.replace(seed=seed, init_from=str(start), lr=0.05, out_dir=str(root / f"ft{seed}")),
-                      progress=False).weights_path) for seed in (1, 2, 3)]

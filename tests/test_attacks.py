@@ -66,7 +66,7 @@ def test_robust_acc_is_the_per_image_worst_case_not_the_lowest_figure():
     metrics = evaluate(Brightness(), data, attacks=("transfer", "square"), progress=False,
                        precomputed={"transfer": (x + first).clamp(0, 1), "square": (x + second).clamp(0, 1)})
     assert metrics["transfer_acc"] == metrics["square_acc"] == 0.5
-    assert metrics["robust_acc"] == 0.25 and metrics["robust_n"] == 20  # images 15-19 survive both
+    assert metrics["robust_acc"] == 0.25 and metrics["robust_images"] == 20  # images 15-19 survive both
     cascade = evaluate(Brightness(), data, attacks=("transfer", "square"), progress=False, cascade=True,
                        precomputed={"transfer": (x + first).clamp(0, 1), "square": (x + second).clamp(0, 1)})
     # Square runs on the survivors only: it reports what it broke beyond transfer (images 10-14).
@@ -115,11 +115,11 @@ def test_per_sample_c_weights_each_sample_and_f_is_carlini_wagner_exact():
 def test_evaluate_is_reproducible_and_runs_every_attack_on_a_randomised_ensemble():
     data = _data(20)
     model = SelfEnsemble(Brightness(SmoothBlock(3, 0.7)), 4)
-    settings = AttackSettings(eot_iter=2, pgd_steps=2, cw_search_steps=2, cw_steps=3, cw_n=10, eot_n=7)
+    settings = AttackSettings(eot_iter=2, pgd_steps=2, cw_search_steps=2, cw_steps=3, cw_images=10, eot_images=7)
     a = evaluate(model, data, attacks=("fgsm", "pgd", "eot_pgd", "cw"), settings=settings, seed=3, progress=False)
     b = evaluate(model, data, attacks=("fgsm", "pgd", "eot_pgd", "cw"), settings=settings, seed=3, progress=False)
     assert a == b
-    assert a["cw_n"] == 10 and a["eot_n"] == 7 and a["n"] == 20 and a["robust_n"] == 7
+    assert a["cw_images"] == 10 and a["eot_images"] == 7 and a["images"] == 20 and a["robust_images"] == 7
     assert round(a["eot_pgd_acc"] * 7) == a["eot_pgd_acc"] * 7  # a fraction of the 7 images
     for name in metric_names(("fgsm", "pgd", "eot_pgd", "cw")):
         assert 0.0 <= a[name] <= 1.0

@@ -120,5 +120,5 @@ def test_a_posthoc_search_crafts_the_transfer_examples_once(image_folder, tmp_pa
     assert crafted >= 1 and assets.transfer.shape == (8, 3, 32, 32)
     for keep_prob in (0.5, 0.9):
         metrics = score(assets.base.replace(method="smoothblock", keep_prob=keep_prob), search, assets)
-        assert metrics["n"] == 8 and 0 <= metrics["robust_acc"] <= metrics["transfer_acc"]
+        assert metrics["images"] == 8 and 0 <= metrics["robust_acc"] <= metrics["transfer_acc"]
     assert len(calls) == crafted  # the trials scored the shared examples; none crafted its own

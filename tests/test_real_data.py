@@ -21,7 +21,7 @@ def test_500_real_test_images():
     assert torch.bincount(first.labels, minlength=10).min() >= 30
     assert 60 < first.images.float().mean() < 190  # real photographs, not blank or saturated
     metrics = evaluate(build_model(Config(method="none")), first, attacks=(), progress=False)
-    assert metrics["n"] == 500 and 0.0 <= metrics["clean_acc"] <= 1.0
+    assert metrics["images"] == 500 and 0.0 <= metrics["clean_acc"] <= 1.0
     # The cache makes the second read fast and identical.
     again, _ = load_dataset(str(SHARED_CIFAR), "test")
     assert torch.equal(again.images[:500], first.images)

@@ -71,8 +71,8 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
         assert params["method"] in ("smoothblock", "dropblock") and 0.5 <= float(params["keep_prob"]) <= 0.9
         # The worst case is below every attack's accuracy, and the scheduler stops after a chunk or none.
         assert 0 <= metrics["robust_acc"] <= min(metrics["pgd_acc"], metrics["transfer_acc"]) <= metrics["clean_acc"] <= 1
-        assert metrics["n"] == (4 if "smoothblock.stopped_early" in child.data.tags else 8)
-        assert len(client.get_metric_history(child.info.run_id, "robust_acc")) == metrics["n"] // 4
+        assert metrics["images"] == (4 if "smoothblock.stopped_early" in child.data.tags else 8)
+        assert len(client.get_metric_history(child.info.run_id, "robust_acc")) == metrics["images"] // 4
         assert metrics["passes"] == int(params["ensemble"])
         artifact = client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id))
         cfg = Config.load(artifact)

@@ -66,14 +66,14 @@ def test_fixed_parameters_are_constants_not_optuna_dimensions():
 
 
 def test_training_hyperparameters_are_searchable_ranges():
-    space = SearchSpace.from_dict({"lr": {"low": 0.05, "high": 0.2, "log": True}, "sam_rho": {"low": 0.0, "high": 0.1}})
+    space = SearchSpace.from_dict({"lr": {"low": 0.05, "high": 0.2, "log": True}, "weight_decay": {"low": 0.0, "high": 0.001}})
     for params, _ in _sample(space, Config(), n=5):
-        assert 0.05 <= params["lr"] <= 0.2 and 0.0 <= params["sam_rho"] <= 0.1
+        assert 0.05 <= params["lr"] <= 0.2 and 0.0 <= params["weight_decay"] <= 0.001
 
 
 @pytest.mark.parametrize("space, message", [
     ({"keep_prob": 0.7}, "search space is empty"),
-    ({"sam_rho": {"low": -0.1, "high": 0.1}}, "sam_rho must be >= 0"),
+    ({"weight_decay": {"low": -0.1, "high": 0.1}}, "weight_decay: Input should be greater than or equal to 0"),
     ({"keep_probability": [0.5, 0.6]}, "unknown parameter 'keep_probability'"),
     ({"data": ["a", "b"]}, "data is not searchable"),
     ({"keep_prob": {"low": 0.9, "high": 0.5}}, "low 0.9 > high 0.5"),
@@ -121,23 +121,23 @@ def test_starting_points_are_checked_against_the_space():
 
 
 @pytest.mark.parametrize("changes, message", [
-    ({"trials": 0}, "trials must be an integer >= 1"),
-    ({"trials": 2.5}, "trials must be an integer >= 1"),
-    ({"val_images": -1}, "val_images must be an integer >= 1"),
+    ({"trials": 0}, "trials: Input should be greater than or equal to 1"),
+    ({"trials": 2.5}, "trials: Input should be a valid integer"),
+    ({"val_images": -1}, "val_images: Input should be greater than or equal to 1"),
     ({"attack": "pgd"}, "'attack' is now 'attacks'"),
     ({"attacks": ["deepfool"]}, "unknown attack 'deepfool'"),
     ({"attacks": ["unbounded"]}, "unknown attack 'unbounded'"),  # a check of the audit, not a threat model
     ({"attacks": ["pgd", "pgd"]}, "each attack once"),
-    ({"attacks": []}, "attacks must be a non-empty list"),
-    ({"scheduler": "hyperband"}, "scheduler must be one of"),
+    ({"attacks": []}, "attacks: must name at least one attack"),
+    ({"scheduler": "hyperband"}, "scheduler: must be one of asha, fifo"),
     ({"val_images": 600, "audit_images": 500}, "audit_images"),
     ({"val_images": 300, "base": {"val_size": 200}}, "more than the validation split holds"),
-    ({"trainable": "magic"}, "trainable must be one of"),
-    ({"min_clean_acc": 1.5}, "min_clean_acc must be a fraction"),
-    ({"gpus_per_trial": -1}, "gpus_per_trial must be a number >= 0"),
+    ({"trainable": "magic"}, "trainable: must be one of posthoc, train"),
+    ({"min_clean_acc": 1.5}, "min_clean_acc: Input should be less than or equal to 1"),
+    ({"gpus_per_trial": -1}, "gpus_per_trial: Input should be greater than or equal to 0"),
     ({"gpus_per_trial": 1.5}, "above 1 must be whole"),
     ({"cpus_per_trial": 0}, "needs some resources"),
-    ({"name": "../escape"}, "name must be letters"),
+    ({"name": "../escape"}, "name: must be letters"),
     ({"colour": "blue"}, "unknown key 'colour'"),
     ({"base": {"keep_prob": 2}}, "keep_prob"),
 ])

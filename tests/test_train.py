@@ -110,42 +110,6 @@ def test_cutout_fills_one_clipped_square_per_image_with_the_batch_mean():
         assert rows.max() - rows.min() + 1 == len(rows) and cols.max() - cols.min() + 1 == len(cols)
 
 
-def test_trivial_augment_changes_each_image_reproducibly_from_the_generator():
-    from smoothblock.data import _trivial_augment, augment
-
-    x = torch.randint(0, 256, (64, 3, 32, 32)).float() / 255
-    ta = augment(x, trivial_augment=True, generator=torch.Generator().manual_seed(0))
-    again = augment(x, trivial_augment=True, generator=torch.Generator().manual_seed(0))
-    other = augment(x, trivial_augment=True, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(ta, again) and not torch.equal(ta, other)
-    assert ta.shape == x.shape and 0 <= ta.min() and ta.max() <= 1
-    # One operation per image, drawn among 14 (one of them the identity) at a drawn strength:
-    # most images change, and some (identity, or strength 0) stay as they were.
-    alone = _trivial_augment(x, torch.Generator().manual_seed(0))
-    changed = (alone != x).flatten(1).any(1).float().mean()
-    assert 0.5 < changed < 1.0, changed
-    # Seeded from the generator inside a forked state: the global generator is left as it was.
-    torch.manual_seed(5)
-    before = torch.get_rng_state()
-    augment(x, trivial_augment=True, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(before, torch.get_rng_state())
-
-
-def test_trivial_augment_trains_and_resumes_exactly(tiny_config, tmp_path):
-    cfg = tiny_config.replace(method="none", trivial_augment=True, epochs=2, out_dir=str(tmp_path / "ta"))
-    whole = train(cfg.replace(out_dir=str(tmp_path / "whole")), progress=False)
-    plain = train(cfg.replace(trivial_augment=False, out_dir=str(tmp_path / "plain")), progress=False)
-    assert whole.history[0]["train_loss"] != plain.history[0]["train_loss"]
-
-    def stop_after_first_epoch(epoch, metrics, model):
-        raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, on_epoch_end=stop_after_first_epoch, progress=False)
-    resumed = train(cfg, resume=True, progress=False)
-    assert whole.history[-1]["train_loss"] == pytest.approx(resumed.history[-1]["train_loss"], abs=1e-6)
-
-
 def test_compiled_training_matches_eager_and_may_be_switched_on_resume(tiny_config, tmp_path):
     cfg = tiny_config.replace(method="none", epochs=2, lr=0.01)  # small steps: no chaos to amplify
     eager = train(cfg.replace(out_dir=str(tmp_path / "eager")), progress=False)

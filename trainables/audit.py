@@ -42,13 +42,9 @@ def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
         with checkpoint.as_directory() as folder:
             state = load_training_state(Path(folder) / "last.pt")
         network = build_model(cfg)
-        if "swa_model" in state:  # with SWA the trial was scored on the average (torch's AveragedModel)
-            prefix = "module."
-            network.load_state_dict({k[len(prefix):]: v for k, v in state["swa_model"].items() if k.startswith(prefix)})
-        else:
-            network.load_state_dict(state["model"])
+        network.load_state_dict(state["model"])
         model = wrap_for_inference(network, cfg).to(device).eval()
-    result = audit(model, assets.splits.val, suite=search.attacks, n=search.audit_images,
+    result = audit(model, assets.splits.val, suite=search.attacks, images=search.audit_images,
                    settings=search.attack_settings(), seed=search.seed, device=device,
                    num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images))
     return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks)}

@@ -22,13 +22,13 @@ from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, tri
 
 #: Metrics that are counts, not fractions: summed over chunks, not averaged (an attack's limit
 #: is reported under the name of its AttackSettings field).
-COUNTS = ("n", "robust_n", *sorted({a.limit for a in ATTACKS.values() if a.limit}))
+COUNTS = ("images", "robust_images", *sorted({a.limit for a in ATTACKS.values() if a.limit}))
 
 
 def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[str, float]]:
     """``cfg``'s defense in the assets' trained model, scored chunk by chunk on the first
     ``val_images`` validation images; yields the running metrics after each chunk: ``clean_acc``,
-    ``robust_acc``, each attack's ``<name>_acc`` or ``<name>_broke``, ``n`` (images so far), ``passes``."""
+    ``robust_acc``, each attack's ``<name>_acc`` or ``<name>_broke``, ``images`` (so far), ``passes``."""
     device = resolve_device(cfg.device)
     torch.set_grad_enabled(True)
     model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
@@ -43,8 +43,8 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[
                            num_classes=cfg.num_classes, progress=False, cascade=True,
                            precomputed=assets.precomputed(start, stop))
         for key, value in metrics.items():
-            sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * metrics["n"])
-        running = {k: (v if k in COUNTS else v / sums["n"]) for k, v in sums.items()}
+            sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * metrics["images"])
+        running = {k: (v if k in COUNTS else v / sums["images"]) for k, v in sums.items()}
         running["passes"] = cfg.passes
         running[SCHEDULER_METRIC] = asha_score(running)
         yield running
@@ -73,7 +73,7 @@ def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
         recorded: on resume, what MLflow already holds as FINISHED: a trial found there (by id,
             or by its configuration) reports that result instead of running again.
 
-    Reports ``clean_acc``, ``robust_acc``, the attacks' metrics, ``passes`` and ``n``.
+    Reports ``clean_acc``, ``robust_acc``, the attacks' metrics, ``passes`` and ``images``.
     """
     cfg = trial_config(assets.base, params)
     done = recorded.lookup(tune.get_context().get_trial_id(), cfg) if recorded else None
