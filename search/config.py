@@ -88,7 +88,8 @@ class SearchConfig(Settings):
     name: str | None = Field(None, description="the search's name (MLflow experiment, results folder); "
                                                "null: the preset and the time")
     trials: int = Field(16, ge=1, description="number of trials")
-    seed: int = Field(0, description="seeds the sampler and every trial's evaluation")
+    search_seed: int = Field(0, description="seeds the sampler and every trial's evaluation (base.seed seeds "
+                                                 "training and the defense's own draws)")
     cpus_per_trial: float = Field(1.0, ge=0, description="CPUs of one trial")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs of one trial (fractions of a GPU allowed)")
     max_concurrent_trials: int | None = Field(None, ge=1, description="null: as many as the cluster's resources "

@@ -104,7 +104,7 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     images = int(row["images"]) if "images" in row else int(params.get("val_images", 0))
     out: dict[str, Any] = {"robust_acc": round(float(row.get(AUDITED, row[METRIC])), 4),
                            "clean_acc": round(float(row["clean_acc"]), 4)}
-    draws = {"seed": int(params.get("seed", 0)), "eot_iter": int(params.get("eot_iter", 0)),
+    draws = {"search_seed": int(params.get("search_seed", params.get("seed", 0))), "eot_iter": int(params.get("eot_iter", 0)),
              "eot_steps": int(params.get("eot_steps", 0))}
     search = {"split": "validation", "images": images, **draws, "attacks": json.loads(params.get("attacks", "[]")),
               "eps": "8/255", "robust_acc": round(float(row[METRIC]), 4),

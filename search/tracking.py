@@ -93,6 +93,17 @@ def connect(uri: str) -> MlflowClient:
     return client
 
 
+def search_params(search: Any) -> dict[str, str]:
+    """The parent run's params, under the names its trials use for the same things: the shared
+    configuration's fields as the trials log them (``data``, ``recipe``, ...; the searched ones
+    are left to the trials), the search's own settings (``trials``, ``attacks``, ...), and the
+    space as ``space.<name>``."""
+    searched = set(search.space.to_dict())
+    params = {k: v for k, v in config_params(search.base).items() if k not in searched}
+    own = {k: v for k, v in search.to_dict().items() if k != "base"}
+    return {**params, **flat_params(own)}
+
+
 def flat_params(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
     """A nested mapping as MLflow params: ``{"base": {"data": x}}`` -> ``{"base.data": "x"}``."""
     out: dict[str, str] = {}

@@ -57,10 +57,10 @@ class ConstrainedOptunaSearch(OptunaSearch):
 def make_searcher(search: SearchConfig) -> OptunaSearch:
     """Optuna inside Tune: seeded TPE, or NSGA-II for the multi-objective Pareto search."""
     if search.multi_objective:
-        sampler = optuna.samplers.NSGAIISampler(seed=search.seed, population_size=max(4, min(50, search.trials // 4)))
+        sampler = optuna.samplers.NSGAIISampler(seed=search.search_seed, population_size=max(4, min(50, search.trials // 4)))
     else:
         # A third of a small budget explores at random before TPE models the rest.
-        sampler = optuna.samplers.TPESampler(seed=search.seed, n_startup_trials=max(4, min(10, search.trials // 3)))
+        sampler = optuna.samplers.TPESampler(seed=search.search_seed, n_startup_trials=max(4, min(10, search.trials // 3)))
     metrics, modes = zip(*search.objectives)
     return ConstrainedOptunaSearch(
         space=search.space.define_by_run(search.base), sampler=sampler,
@@ -79,7 +79,7 @@ def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | No
 def _load_assets(search: SearchConfig) -> Assets:
     # The validation images of the audit too (it runs on more images than the trials).
     return load_assets(search.trainable, search.base, search.model, search.audit_images, search.attacks,
-                       search.attack_settings(), search.seed)
+                       search.attack_settings(), search.search_seed)
 
 
 def init_ray(address: str | None) -> None:
@@ -201,7 +201,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     store.write_text(name, SEARCH_FILE, search_yaml)
     try:
         experiment_id, parent_id = tracking.start_search_run(client, name, search_yaml,
-                                                             tracking.flat_params(search.to_dict()))
+                                                             tracking.search_params(search))
         _write_state_file(store, name, uri, experiment_id, parent_id)
         tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent)
     except BaseException:
@@ -239,7 +239,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         # Killed while launching, after writing its configuration but before its MLflow parent run
         # was complete: complete that now.
         experiment_id, parent_id = tracking.start_search_run(client, name, stored.to_yaml(),
-                                                             tracking.flat_params(stored.to_dict()))
+                                                             tracking.search_params(stored))
     search = stored
     if search is None:
         search = SearchConfig.from_yaml(tracking.search_yaml(client, parent_id), source=f"search {name!r} in MLflow")

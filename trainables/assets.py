@@ -30,7 +30,7 @@ class Scoring(Protocol):
     val_images: int
     chunk_images: int
     audit_images: int
-    seed: int
+    search_seed: int
 
     @property
     def metric(self) -> str: ...

@@ -45,6 +45,6 @@ def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
         network.load_state_dict(state["model"])
         model = wrap_for_inference(network, cfg).to(device).eval()
     result = audit(model, assets.splits.val, suite=search.attacks, images=search.audit_images,
-                   settings=search.attack_settings(), seed=search.seed, device=device,
+                   settings=search.attack_settings(), seed=search.search_seed, device=device,
                    num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images))
     return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks)}

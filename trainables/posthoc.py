@@ -39,7 +39,7 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[
         stop = min(total, start + search.chunk_images)
         # Each chunk is seeded on its own, so a chunk's figures do not depend on the chunks before.
         metrics = evaluate(model, val.take(slice(start, stop)), attacks=search.attacks,
-                           settings=search.attack_settings(), seed=search.seed + chunk, device=device,
+                           settings=search.attack_settings(), seed=search.search_seed + chunk, device=device,
                            num_classes=cfg.num_classes, progress=False, cascade=True,
                            precomputed=assets.precomputed(start, stop))
         for key, value in metrics.items():

@@ -57,7 +57,7 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
             defended = wrap_for_inference(model, cfg).eval()
             # The transfer examples are crafted on this epoch's weights with the defense off.
             scores = evaluate(defended, assets.splits.val, attacks=search.attacks, cascade=True,
-                              images=search.val_images, settings=settings, seed=search.seed, device=device,
+                              images=search.val_images, settings=settings, seed=search.search_seed, device=device,
                               num_classes=cfg.num_classes, progress=False)
             model.train()
             torch.set_grad_enabled(True)
