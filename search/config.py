@@ -17,7 +17,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_
 from smoothblock import Config
 from smoothblock.attacks import ATTACKS, AttackSettings
 from smoothblock.errors import ConfigError
-from smoothblock.settings import IntList, Settings, StrList, as_tuple, parse_yaml, read_text
+from smoothblock.settings import IntList, Settings, StrList, as_tuple, one_of, parse_yaml, read_text
 
 from .space import SearchSpace
 
@@ -103,19 +103,10 @@ class SearchConfig(Settings):
     def source_name(cls) -> str:
         return "search configuration"
 
-    @field_validator("trainable")
+    @field_validator("trainable", "scheduler")
     @classmethod
-    def _trainable(cls, value: str) -> str:
-        if value not in TRAINABLES:
-            raise ValueError(f"must be one of {', '.join(TRAINABLES)}, got {value!r}")
-        return value
-
-    @field_validator("scheduler")
-    @classmethod
-    def _scheduler(cls, value: str) -> str:
-        if value not in SCHEDULERS:
-            raise ValueError(f"must be one of {', '.join(SCHEDULERS)}, got {value!r}")
-        return value
+    def _choice(cls, value: str, info) -> str:
+        return one_of(value, {"trainable": TRAINABLES, "scheduler": SCHEDULERS}[info.field_name])
 
     @field_validator("attacks")
     @classmethod

@@ -24,7 +24,7 @@ from pydantic import Field, field_validator, model_validator
 from .layers.block_mask import GAMMA_MODES
 from .layers.smooth_block import MEAN_SCOPES
 from .models.registry import POSITIONS, list_models
-from .settings import IntList, Settings, parse_yaml, read_text
+from .settings import IntList, Settings, one_of, parse_yaml, read_text
 
 METHODS = ("none", "smoothblock", "dropblock", "mixed")
 DEFENSE_AT = ("test", "train", "both")
@@ -39,10 +39,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 
 
 def _check_choice(name: str, value: str) -> str:
-    allowed = tuple(list_models()) if name == "arch" else CHOICES[name]
-    if value not in allowed:
-        raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+    return one_of(value, tuple(list_models()) if name == "arch" else CHOICES[name])
 
 
 class ModelSpec(Settings):

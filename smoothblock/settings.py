@@ -78,6 +78,13 @@ class Settings(BaseModel):
         Path(path).write_text(self.to_yaml(), encoding="utf-8")
 
 
+def one_of(value: str, allowed: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``allowed`` (a field validator's check of a choice)."""
+    if value not in allowed:
+        raise ValueError(f"must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
 def one_line(exc: ValidationError, source: str) -> str:
     """pydantic's first error as one line: ``SOURCE: KEY: what is wrong``."""
     error = exc.errors(include_url=False)[0]

@@ -18,6 +18,18 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 SHARED_CIFAR = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10-jpg"
 
+#: The integration lane: real services, real data, whole training runs (``pytest -m integration``);
+#: the fast lane (``pytest -m "not integration"``) is layers, configuration and attacks on tiny models.
+integration = pytest.mark.integration
+#: Fixtures that start real services: a test that uses one is in the integration lane.
+SERVICE_FIXTURES = {"mlflow_server", "ray_home", "local_ray"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(integration)
+
 
 def free_port() -> int:
     with socket.socket() as s:

@@ -23,7 +23,7 @@ from smoothblock.models import create_model
 from .conftest import fails_in_one_line
 from .search_fixtures import free_port, local_ray, tiny_checkpoint  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 NAME = "bad"
 
 

@@ -28,7 +28,7 @@ from search.cli import main
 from .conftest import make_image_folder
 from .search_fixtures import tiny_checkpoint
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

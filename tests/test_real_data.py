@@ -8,7 +8,8 @@ from smoothblock.evaluation import evaluate
 
 from .conftest import SHARED_CIFAR
 
-pytestmark = pytest.mark.skipif(not (SHARED_CIFAR / "test").is_dir(), reason="no real CIFAR-10 here")
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(not (SHARED_CIFAR / "test").is_dir(), reason="no real CIFAR-10 here")]
 
 
 def test_500_real_test_images():

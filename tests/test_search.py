@@ -18,7 +18,7 @@ from smoothblock import Config
 from .conftest import fails_in_one_line
 from .search_fixtures import local_ray, tiny_checkpoint  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def _write(path, data):

@@ -15,7 +15,7 @@ from search.cli import main
 
 from .search_fixtures import free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def _outward_address() -> str | None:

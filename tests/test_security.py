@@ -16,7 +16,6 @@ from search.cli import main
 from .conftest import fails_in_one_line
 from .search_fixtures import local_ray, tiny_checkpoint  # noqa: F401
 
-pytestmark = pytest.mark.slow
 
 
 class _RunsCode:

@@ -1,0 +1,53 @@
+"""The repository holds the product: nothing a run writes is tracked, no file but the shipped
+weights is large, and docs/configuration.md is what the configuration types say."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Where runs write by default: training out_dir, Ray Tune's results, MLflow's stores, exports.
+RUN_OUTPUTS = ("runs/train/last.pt", "runs/x/model.safetensors", "ray_results/x/search.yaml", "mlflow.db",
+               "mlruns/0/meta.yaml", "best.yaml", "best-2.yaml", "results/x.json", "model.safetensors")
+
+
+def _git(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+
+needs_git = pytest.mark.skipif(_git("rev-parse", "--git-dir").returncode != 0, reason="not a git checkout")
+
+
+@needs_git
+def test_nothing_a_run_writes_is_tracked_and_git_ignores_all_of_it():
+    tracked = _git("ls-files", "runs", "results", "ray_results", "mlruns", "mlflow.db").stdout.split()
+    assert tracked == [], f"tracked files where runs write: {tracked[:5]}"
+    ignored = _git("check-ignore", "--no-index", *RUN_OUTPUTS).stdout.split()
+    assert sorted(ignored) == sorted(RUN_OUTPUTS)
+    # The shipped weights stay tracked.
+    assert _git("check-ignore", "--no-index", "smoothblock/weights/resnet20-cifar10.safetensors").returncode == 1
+
+
+@needs_git
+def test_no_tracked_file_is_over_2_mb_but_the_shipped_weights():
+    big = [name for name in _git("ls-files").stdout.splitlines()
+           if (ROOT / name).is_file() and (ROOT / name).stat().st_size > 2_000_000
+           and not name.startswith("smoothblock/weights/")]
+    assert big == []
+
+
+def test_the_configuration_reference_is_generated_from_the_types():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "configuration_docs.py"), "--check"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+
+
+def test_ci_runs_exactly_the_test_command_of_the_readme():
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    commands = [block.split("\n", 1)[1].strip() for block in readme.split("```bash")[1:]]
+    test_command = next(c.split("```")[0].strip() for c in commands if c.split("```")[0].strip().endswith("pytest"))
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert test_command in ci
