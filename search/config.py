@@ -16,6 +16,7 @@ from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_
 
 from smoothblock import Config
 from smoothblock.attacks import ATTACKS, AttackSettings
+from smoothblock.audit import CHECKS
 from smoothblock.errors import ConfigError
 from smoothblock.settings import IntList, Settings, StrList, as_tuple, one_of, parse_yaml, read_text
 
@@ -27,7 +28,7 @@ SCHEDULERS = ("asha", "fifo")
 #: The objective: the per-image worst case over the search's attacks (``smoothblock evaluate``'s name).
 METRIC = "robust_acc"
 #: Attacks that belong in the audit, not in every trial (see :mod:`smoothblock.audit`).
-AUDIT_ONLY = ("unbounded", "eot_pgd_x2")
+AUDIT_ONLY = CHECKS
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 
 

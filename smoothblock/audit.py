@@ -33,6 +33,9 @@ from .evaluation import evaluate
 
 AUDIT_ATTACKS = ("autoattack_rand", "eot_pgd_x2")
 LAST_ATTACKS = ("transfer", "square")
+#: Attacks that are checks of the audit (does the attack work? did EOT converge?), not threat
+#: models: a search's suite may not hold them.
+CHECKS = ("unbounded", "eot_pgd_x2")
 
 
 @dataclass(frozen=True)

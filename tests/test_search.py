@@ -87,7 +87,7 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     assert len(audited) == 2 and all(c.data.tags["obfuscated"] in ("true", "false") for c in audited)
     for child in audited:
         metrics = child.data.metrics
-        assert metrics["audit_n"] == 12 and 0 <= metrics["audited_robust_acc"] <= metrics["audit_clean_acc"]
+        assert metrics["audit_images"] == 12 and 0 <= metrics["audited_robust_acc"] <= metrics["audit_clean_acc"]
         assert {"audit_autoattack_rand_broke", "audit_square_broke", "audit_unbounded_acc"} <= set(metrics)
 
     best = tmp_path / "best.yaml"
@@ -147,7 +147,7 @@ def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(t
     # The best trial that trained to the end was audited, from its last checkpoint.
     audited = [c for c in children if "audited_robust_acc" in c.data.metrics]
     assert len(audited) == 1 and epochs[audited[0].info.run_id] == 3
-    assert audited[0].data.metrics["audit_n"] == 20 and audited[0].data.tags["obfuscated"] in ("true", "false")
+    assert audited[0].data.metrics["audit_images"] == 20 and audited[0].data.tags["obfuscated"] in ("true", "false")
     assert audited[0].data.metrics["audited_robust_acc"] <= audited[0].data.metrics["robust_acc"] + 0.15
 
 
