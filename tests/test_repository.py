@@ -51,3 +51,15 @@ def test_ci_runs_exactly_the_test_command_of_the_readme():
     test_command = next(c.split("```")[0].strip() for c in commands if c.split("```")[0].strip().endswith("pytest"))
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert test_command in ci
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_a_valid_configuration(path):
+    from search.config import compose
+    from smoothblock import Config
+
+    text = path.read_text(encoding="utf-8")
+    if "space:" in text:
+        assert compose("posthoc", str(path)).trials >= 1
+    else:
+        assert Config.load(path).out_dir.startswith("runs/")
