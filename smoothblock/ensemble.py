@@ -1,9 +1,9 @@
-"""Self-ensemble (thesis Section 4.5): the average of the softmax of n stochastic passes.
+"""Self-ensemble (thesis Section 4.5): the average of the softmax of ``ensemble`` stochastic passes.
 
 Following Liu et al. 2018 (Random Self-Ensemble), the prediction is ``mean_k softmax(f_k(x))``
-over ``n`` draws of the model's randomness. The n passes are batched: the input's deterministic
+over ``ensemble`` draws of the model's randomness. The passes are batched: the input's deterministic
 prefix (everything before the first active random layer) is computed once and repeated, and only
-the stochastic suffix runs n times. Attacks see the whole ensemble.
+the stochastic suffix runs ``ensemble`` times. Attacks see the whole ensemble.
 """
 from __future__ import annotations
 
@@ -28,13 +28,14 @@ def _split_stages(model: nn.Module) -> tuple[list[nn.Module], list[nn.Module]] |
 
 
 class SelfEnsemble(nn.Module):
-    """Average the softmax of ``n`` stochastic passes of ``model``.
+    """Average the softmax of ``ensemble`` stochastic passes of ``model`` (the configuration's
+    ``ensemble``: one name for the number of passes).
 
     Args:
         model: maps images (N, C, H, W) to logits (N, K). Models with a ``stages`` ModuleDict whose
             forward runs the stages in order
-            (the CIFAR ResNets) get prefix reuse; any other model runs n full passes, batched.
-        n: number of passes.
+            (the CIFAR ResNets) get prefix reuse; any other model runs the full passes, batched.
+        ensemble: number of passes.
         max_rows: at most this many rows go through the suffix at once (memory bound).
 
     Returns from forward:
@@ -42,12 +43,12 @@ class SelfEnsemble(nn.Module):
         (their softmax is the ensemble's probability), so cross-entropy attacks apply unchanged.
     """
 
-    def __init__(self, model: nn.Module, n: int, *, max_rows: int = 8192) -> None:
+    def __init__(self, model: nn.Module, ensemble: int, *, max_rows: int = 8192) -> None:
         super().__init__()
-        if n < 1:
-            raise ValueError(f"ensemble must be >= 1, got {n}")
+        if ensemble < 1:
+            raise ValueError(f"ensemble must be >= 1, got {ensemble}")
         self.model = model
-        self.n = n
+        self.ensemble = ensemble
         self.max_rows = max_rows
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -58,19 +59,19 @@ class SelfEnsemble(nn.Module):
             prefix, suffix = split
         for module in prefix:
             x = module(x)
-        if not suffix:  # nothing random is active: all n passes would agree
+        if not suffix:  # nothing random is active: all the passes would agree
             return torch.log_softmax(x, dim=1)
         batch = x.shape[0]
         passes_per_chunk = max(1, self.max_rows // max(batch, 1))
         log_probs = []
-        for start in range(0, self.n, passes_per_chunk):
-            k = min(passes_per_chunk, self.n - start)
+        for start in range(0, self.ensemble, passes_per_chunk):
+            k = min(passes_per_chunk, self.ensemble - start)
             h = x.repeat_interleave(k, dim=0)
             for module in suffix:
                 h = module(h)
             log_probs.append(torch.log_softmax(h.float(), dim=1).view(batch, k, -1))
         stacked = torch.cat(log_probs, dim=1)
-        return torch.logsumexp(stacked, dim=1) - math.log(self.n)
+        return torch.logsumexp(stacked, dim=1) - math.log(self.ensemble)
 
     def extra_repr(self) -> str:
-        return f"n={self.n}"
+        return f"ensemble={self.ensemble}"
