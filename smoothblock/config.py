@@ -29,7 +29,7 @@ from .settings import IntList, Settings, one_of, parse_yaml, read_text
 METHODS = ("none", "smoothblock", "dropblock", "mixed")
 DEFENSE_AT = ("test", "train", "both")
 RECIPES = ("fast", "paper")
-ADV_TRAINING = ("none", "fgsm", "pgd")
+ADV_TRAINING = ("none", "fgsm", "ffgsm", "pgd")
 
 #: Fields whose value must be one of a fixed set (the registry's names for ``arch``).
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -116,9 +116,11 @@ class TrainSpec(Settings):
     init_from: str | None = Field(None, description="a shipped model name or checkpoint file whose weights the "
                                                     "training starts from (fine-tuning), same arch and "
                                                     "num_classes; null: a fresh initialisation")
-    adv_training: str = Field("none", description="none, fgsm or pgd: adversarial examples in training")
+    adv_training: str = Field("none", description="none, fgsm, ffgsm (FGSM from a random start, Wong et al. "
+                                                   "2020: set adv_alpha to 1.25 adv_eps) or pgd: adversarial "
+                                                   "examples in training")
     adv_eps: float = Field(8 / 255, gt=0, description="the training attack's eps (images in [0, 1])")
-    adv_alpha: float = Field(2 / 255, gt=0, description="the training PGD's step size")
+    adv_alpha: float = Field(2 / 255, gt=0, description="the step size of the training PGD and of ffgsm")
     adv_steps: int = Field(7, ge=1, description="the training PGD's steps")
     adv_ratio: float = Field(0.5, ge=0, le=1, description="weight of the adversarial loss; the clean loss gets "
                                                           "1 - adv_ratio")

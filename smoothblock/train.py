@@ -70,6 +70,8 @@ def use_bf16(cfg: Config, device: torch.device) -> bool:
 def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config) -> torch.Tensor:
     if cfg.adv_training == "fgsm":
         attack = torchattacks.FGSM(model, eps=cfg.adv_eps)
+    elif cfg.adv_training == "ffgsm":  # uniform random start in the eps-ball, then one step of alpha
+        attack = torchattacks.FFGSM(model, eps=cfg.adv_eps, alpha=cfg.adv_alpha)
     else:
         attack = torchattacks.PGD(model, eps=cfg.adv_eps, alpha=cfg.adv_alpha, steps=cfg.adv_steps,
                                   random_start=True)
@@ -91,9 +93,13 @@ def augmented_batches(dataset, batch_size: int, cutout: int, generator: torch.Ge
 
 def _loss(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config, recipe: Recipe,
           device: torch.device, bf16: bool, adv: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The training loss of one batch and the clean logits (N, K) it was computed from. ``adv``:
-    the batch's adversarial examples (N, C, H, W) under adversarial training, else None."""
+    """The training loss of one batch and the logits (N, K) it was computed from (the clean ones,
+    the adversarial ones when ``adv_ratio`` is 1). ``adv``: the batch's adversarial examples
+    (N, C, H, W) under adversarial training, else None."""
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        if adv is not None and cfg.adv_ratio == 1:  # adversarial examples only (Wong et al. 2020)
+            logits = model(adv)
+            return F.cross_entropy(logits, labels, label_smoothing=recipe.label_smoothing), logits
         if adv is not None:
             out_clean, out_adv = model(images), model(adv)
             loss = ((1 - cfg.adv_ratio) * F.cross_entropy(out_clean, labels, label_smoothing=recipe.label_smoothing)
@@ -142,6 +148,26 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"loss is {train_loss} in epoch {epoch + 1}")
     return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1)}
+
+
+def pgd_accuracy(model: nn.Module, dataset, device: torch.device, eps: float, images: int = 500,
+                 batch_size: int = 250) -> float:
+    """Accuracy of ``model`` (eval mode, one pass) under PGD-7 (alpha 2/255, random start) at ``eps`` on
+    the first ``images`` of a TensorDataset: adversarial training's per-epoch check for catastrophic
+    overfitting (Wong et al. 2020), where FGSM accuracy holds and PGD accuracy collapses to ~0."""
+    model.eval()
+    subset = dataset.take(slice(0, images))
+    if len(subset) == 0:
+        return float("nan")
+    attack = torchattacks.PGD(model, eps=eps, alpha=2 / 255, steps=7, random_start=True)
+    correct = 0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for images_, labels in iterate_batches(subset, batch_size, device=device):
+            adv = attack(images_, labels)
+            with torch.no_grad():
+                correct += int((model(adv).argmax(1) == labels).sum())
+    return correct / len(subset)
 
 
 @torch.no_grad()
@@ -232,6 +258,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         started = time.perf_counter()
         metrics = train_one_epoch(step_model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16)
         metrics["val_acc"] = accuracy(model, splits.val, device, bf16=bf16)
+        if cfg.adv_training != "none":
+            metrics["val_pgd_acc"] = pgd_accuracy(model, splits.val, device, cfg.adv_eps)
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                        seconds=round(time.perf_counter() - started, 2))
         history.append(metrics)

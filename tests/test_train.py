@@ -140,11 +140,29 @@ def test_cutout_changes_training_and_a_run_cannot_resume_with_another(tiny_confi
               resume=True, progress=False)
 
 
-@pytest.mark.parametrize("adv_training", ["fgsm", "pgd"])
+@pytest.mark.parametrize("adv_training", ["fgsm", "ffgsm", "pgd"])
 def test_adversarial_training_with_the_regulariser(tiny_config, adv_training):
-    cfg = tiny_config.replace(epochs=1, adv_training=adv_training, adv_steps=2, defense_at="both")
+    cfg = tiny_config.replace(epochs=1, adv_training=adv_training, adv_steps=2, defense_at="both",
+                              adv_ratio=1.0 if adv_training == "ffgsm" else 0.5)
     result = train(cfg, progress=False)
     assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
+    # The catastrophic-overfitting check runs every epoch of an adversarial run.
+    assert 0 <= result.history[0]["val_pgd_acc"] <= result.history[0]["val_acc"] + 0.1
+
+
+def test_ffgsm_starts_inside_the_ball_at_random():
+    from smoothblock.defended import build_model
+    from smoothblock.train import _adversarial
+    cfg = Config(method="none", adv_training="ffgsm", adv_eps=8 / 255, adv_alpha=10 / 255)
+    model = build_model(cfg).train()
+    x, y = torch.rand(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    torch.manual_seed(0)
+    first = _adversarial(model, x, y, cfg)
+    torch.manual_seed(1)
+    second = _adversarial(model, x, y, cfg)
+    fgsm = _adversarial(model, x, y, cfg.replace(adv_training="fgsm"))
+    assert (first - x).abs().max() <= 8 / 255 + 1e-6 and 0 <= first.min() and first.max() <= 1
+    assert not torch.equal(first, second) and not torch.equal(first, fgsm)
 
 
 def test_paper_recipe_schedule():
