@@ -7,6 +7,9 @@ gradient passes (or queries) per image and per model pass; :func:`smoothblock.ev
 an attack is one :func:`register` call.
 
 * ``fgsm``: FGSM (Goodfellow et al. 2015) at each of ``fgsm_eps`` (in 1/255).
+* ``transfer_fgsm``, ``eot_fgsm``: the same eps, crafted with the defense switched off (as
+  ``transfer``) or on the gradient averaged over ``eot_iter`` draws (as ``eot_pgd``): the adaptive
+  FGSM, whose per-eps worst case with ``fgsm`` is ``worst_fgsm_<eps>_acc``.
 * ``pgd``: L-inf PGD (Madry et al. 2018), eps 8/255, alpha 2/255, 7 steps, random start (thesis).
 * ``eot_pgd``: PGD whose gradient is averaged over ``eot_iter`` draws of the defense's randomness
   (Athalye et al. 2018), ``eot_steps`` steps.
@@ -91,6 +94,9 @@ class Attack:
         kind: ``white`` (follows the defended model's gradient), ``transfer`` or ``black``.
         limit: the :class:`AttackSettings` field capping how many images it runs on, or None.
         targeted: crafters take target classes instead of labels (C&W); ``<name>_asr`` is reported.
+        per_eps: one crafter and metric per ``fgsm_eps`` (``<name>_<eps>_acc``), and
+            :func:`smoothblock.evaluation.evaluate` reports the per-image worst case over the per-eps
+            attacks at each eps (``worst_fgsm_<eps>_acc``).
         cheap: in a worst-case cascade (see :func:`smoothblock.evaluation.evaluate`) it still runs on
             every image, so its own accuracy is known; expensive attacks run on the survivors only.
     """
@@ -104,11 +110,12 @@ class Attack:
     limit: str | None = None
     targeted: bool = False
     cheap: bool = False
+    per_eps: bool = False
 
     def metrics(self, settings: AttackSettings) -> list[str]:
         """The accuracy metrics the attack reports (without building it)."""
-        if self.name == "fgsm":
-            return [f"fgsm_{e}_acc" for e in settings.fgsm_eps]
+        if self.per_eps:
+            return [f"{self.name}_{e}_acc" for e in settings.fgsm_eps]
         return [f"{self.name}_acc"]
 
 
@@ -177,10 +184,31 @@ def _transfer(model: nn.Module, s: AttackSettings) -> Crafter:
     return craft
 
 
+def _transfer_fgsm(model: nn.Module, eps: float) -> Crafter:
+    fgsm = torchattacks.FGSM(model, eps=eps)
+
+    def craft(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with defense_off(model):
+            return fgsm(images, labels)
+    return craft
+
+
 register(Attack(
-    "fgsm", "FGSM at each fgsm_eps (1/255)", "FGSM", cheap=True,
+    "fgsm", "FGSM at each fgsm_eps (1/255)", "FGSM", cheap=True, per_eps=True,
     build=lambda m, s, k, seed: {f"fgsm_{e}_acc": torchattacks.FGSM(m, eps=e / 255) for e in s.fgsm_eps},
     cost=lambda s: len(s.fgsm_eps)))
+register(Attack(
+    "transfer_fgsm", "FGSM at each fgsm_eps crafted with the defense switched off", "transfer FGSM",
+    kind="transfer", cheap=True, per_eps=True,
+    build=lambda m, s, k, seed: {f"transfer_fgsm_{e}_acc": _transfer_fgsm(m, e / 255) for e in s.fgsm_eps},
+    cost=lambda s: len(s.fgsm_eps)))
+register(Attack(
+    # One step of eps on the sign of the gradient averaged over eot_iter draws: EOT-FGSM.
+    "eot_fgsm", "FGSM at each fgsm_eps on the gradient averaged over eot_iter draws", "EOT-FGSM",
+    cheap=True, per_eps=True,
+    build=lambda m, s, k, seed: {f"eot_fgsm_{e}_acc": torchattacks.EOTPGD(
+        m, eps=e / 255, alpha=e / 255, steps=1, eot_iter=s.eot_iter, random_start=False) for e in s.fgsm_eps},
+    cost=lambda s: len(s.fgsm_eps) * s.eot_iter))
 register(Attack(
     "pgd", "L-inf PGD, pgd_steps steps of pgd_alpha, random start", "PGD", cheap=True,
     build=lambda m, s, k, seed: {"pgd_acc": _pgd(m, s, steps=s.pgd_steps)},

@@ -28,13 +28,14 @@ def columns(settings: AttackSettings = AttackSettings()) -> list[tuple[str, str]
     """(metric, title) of the evaluation table, in registry order; ``worst`` is ``robust_acc``."""
     cols = [("clean_acc", "clean")]
     for name, attack in ATTACKS.items():
-        if name == "fgsm":
-            cols += [(f"fgsm_{e}_acc", f"{attack.title} {e}") for e in settings.fgsm_eps]
+        if attack.per_eps:
+            cols += [(f"{name}_{e}_acc", f"{attack.title} {e}") for e in settings.fgsm_eps]
         else:
             cols.append((f"{name}_acc", f"{attack.title} acc" if attack.targeted else attack.title))
         if attack.targeted:
             cols.append((f"{name}_asr", f"{attack.title} ASR"))
-    return cols + [(f"{name}_broke", f"{a.title} broke") for name, a in ATTACKS.items()] + [("robust_acc", "worst")]
+    return (cols + [(f"worst_fgsm_{e}_acc", f"worst FGSM {e}") for e in settings.fgsm_eps]
+            + [(f"{name}_broke", f"{a.title} broke") for name, a in ATTACKS.items()] + [("robust_acc", "worst")])
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -37,8 +37,9 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
             forked RNG so the caller's random state is untouched.
 
     Returns:
-        ``{"clean_acc", "<attack>_acc" (FGSM: "fgsm_<eps>_acc") or "<attack>_broke", "cw_asr",
-        "robust_acc"}`` as fractions, and the image counts ``images``, ``robust_images`` and, where an attack
+        ``{"clean_acc", "<attack>_acc" (per-eps attacks: "<attack>_<eps>_acc") or "<attack>_broke",
+        "cw_asr", "robust_acc"}`` and, with per-eps attacks, ``worst_fgsm_<eps>_acc`` (correct clean
+        and after every per-eps attack at that eps) as fractions, and the image counts ``images``, ``robust_images`` and, where an attack
         is limited, ``eot_images``, ``cw_images``, ``unbounded_images``.
     """
     entries = [get_attack(a) for a in attacks]
@@ -47,6 +48,9 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
     for name, images in precomputed.items():
         if len(images) < len(subset):
             raise ValueError(f"precomputed {name} holds {len(images)} images, the evaluation needs {len(subset)}")
+    per_eps = [e.name for e in entries if e.per_eps]
+    if any(get_attack(name).limit or not get_attack(name).cheap for name in per_eps):
+        raise ValueError("per-eps attacks must be cheap and unlimited")  # a registry invariant
     limits = {e.name: (getattr(settings, e.limit) if e.limit else len(subset)) for e in entries}
     robust_limit = min([len(subset), *limits.values()])
     model = model.to(device).eval()
@@ -64,6 +68,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
             clean = predict(model, images) == labels
             _count(correct, counted, "clean_acc", clean)
             robust = clean.clone()
+            # Per eps, the images every per-eps attack (FGSM, its transfer and EOT forms) left.
+            eps_robust = {e: clean.clone() for e in settings.fgsm_eps} if per_eps else {}
             for entry in entries:
                 rows = torch.arange(len(labels), device=labels.device)[: max(0, limits[entry.name] - seen)]
                 if len(rows) == 0:
@@ -89,11 +95,15 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
                     survived[run] &= hits
                     if standalone:
                         _count(correct, counted, metric, hits)
+                    if entry.per_eps:  # per_eps attacks are cheap and unlimited: run is every row
+                        eps_robust[int(metric.rsplit("_", 2)[1])] &= hits
                 if cascade:
                     broke = robust[rows] & ~survived
                     _count(correct, counted, f"{entry.name}_broke", broke)
                 robust[rows] &= survived
             _count(correct, counted, "robust_acc", robust[: max(0, robust_limit - seen)])
+            for e, left in eps_robust.items():
+                _count(correct, counted, f"worst_fgsm_{e}_acc", left)
             seen += len(labels)
     metrics = {name: correct[name] / counted[name] for name in correct if counted[name]}
     metrics["images"] = len(subset)

@@ -128,3 +128,18 @@ def test_evaluate_is_reproducible_and_runs_every_attack_on_a_randomised_ensemble
 def test_unknown_attack():
     with pytest.raises(ValueError, match="unknown attack"):
         evaluate(Brightness(), _data(), attacks=("deepfool",), progress=False)
+
+
+def test_the_fgsm_curve_worst_case_is_per_image_and_per_eps():
+    data = _data(40)
+    attacks = ("fgsm", "transfer_fgsm", "eot_fgsm")
+    settings = AttackSettings(fgsm_eps=(1, 16), eot_iter=2)
+    # Undefended: switching the defense off changes nothing, so the transfer FGSM is the FGSM.
+    plain = evaluate(Brightness(), data, attacks=attacks, settings=settings, progress=False)
+    assert plain["transfer_fgsm_1_acc"] == plain["fgsm_1_acc"] == plain["worst_fgsm_1_acc"] == 1.0
+    assert plain["worst_fgsm_16_acc"] == plain["eot_fgsm_16_acc"] == 0.0
+    defended = evaluate(SelfEnsemble(Brightness(SmoothBlock(3, 0.7)), 2), data, attacks=attacks,
+                        settings=settings, progress=False, seed=1)
+    for e in (1, 16):
+        assert defended[f"worst_fgsm_{e}_acc"] <= min(defended[f"{a}_{e}_acc"] for a in attacks)
+    assert {"worst_fgsm_1_acc", "transfer_fgsm_16_acc", "eot_fgsm_1_acc"} <= set(metric_names(attacks)) | set(defended)
