@@ -1,4 +1,4 @@
-"""The library's commands: ``smoothblock train`` and ``evaluate``.
+"""The library's commands: ``smoothblock train``, ``evaluate`` and ``reproduce``.
 
 :func:`add_commands` adds them to any argparse sub-parser set, so a higher-level console script
 (the search) can wire them in without this package importing anything above it.
@@ -69,7 +69,7 @@ def _overrides(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 
 
 def add_commands(subparsers) -> None:
-    """Add ``train`` and ``evaluate`` to an argparse sub-parser set."""
+    """Add ``train``, ``evaluate`` and ``reproduce`` to an argparse sub-parser set."""
     train = subparsers.add_parser("train", help="train a (defended) model from a YAML configuration")
     train.add_argument("--config", required=True, help="YAML file of configuration fields")
     train.add_argument("--resume", action="store_true", help="continue from out_dir/last.pt")
@@ -117,6 +117,29 @@ def add_commands(subparsers) -> None:
                             type=type(f.default), default=f.default)
     add_field_flags(ev, Config, DEFENSE_FIELDS)
     ev.set_defaults(handler=run_evaluate)
+
+    from .reproduce.plan import BUDGETS, EXPERIMENT_IDS  # plain data: no torch work at import
+    rp = subparsers.add_parser("reproduce", help="the thesis' experiments against an adaptive attacker, "
+                                                 "as a Markdown report with figures")
+    rp.add_argument("--experiments", nargs="+", choices=EXPERIMENT_IDS, default=list(EXPERIMENT_IDS),
+                    help="thesis experiments (default: all): 4.1 Table 4.1, 4.3 positions, 4.4 trained with the "
+                         "regulariser, 4.5 trained and tested with it, 4.6 CAMs, 4.7 adversarial training, "
+                         "4.8 self-ensemble")
+    rp.add_argument("--budget", choices=list(BUDGETS), default="cpu",
+                    help="smoke: a few images and one tiny epoch per missing model (a test of the pipeline, not "
+                         "figures); cpu: 1,000 test images per cell; full: 10,000 (default: cpu)")
+    rp.add_argument("--data", default="cifar10", help="cifar10 (torchvision's download) or a CIFAR-10 ImageFolder")
+    rp.add_argument("--out", default="docs/reproduction.md", help="the report; figures go beside it, in a "
+                                                                  "folder named after it")
+    rp.add_argument("--work_dir", "--work-dir", default="runs/reproduce",
+                    help="where measured cells and models trained here are kept (a rerun reads them back)")
+    rp.add_argument("--model_dir", "--model-dir", default=None,
+                    help="a folder of NAME.safetensors used before the shipped weights")
+    rp.add_argument("--device", default="auto")
+    rp.add_argument("--cache_dir", "--cache-dir", default=None)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--quiet", action="store_true")
+    rp.set_defaults(handler=run_reproduce)
 
 
 
@@ -203,6 +226,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
         if args.json:
             write_report(complete=len(rows) == len(models))
     print(format_table(rows, settings))
+    return 0
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from .reproduce import reproduce
+
+    path = reproduce(experiments=tuple(args.experiments), budget=args.budget, data=args.data, out=args.out,
+                     work_dir=args.work_dir, model_dir=args.model_dir, device=args.device,
+                     cache_dir=args.cache_dir, seed=args.seed, progress=not args.quiet)
+    print(f"wrote {path}")
     return 0
 
 

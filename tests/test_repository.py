@@ -54,7 +54,8 @@ def test_ci_runs_exactly_the_test_command_of_the_readme():
     assert test_command in ci
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "examples").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*(ROOT / "examples").glob("*.yaml"),
+                                          *(ROOT / "smoothblock" / "weights").glob("*.yaml")]), ids=lambda p: p.name)
 def test_every_example_is_a_valid_configuration(path):
     from search.config import compose
     from smoothblock import Config

@@ -1,0 +1,125 @@
+"""Run the plan's cells: find (or train) each model, evaluate each cell once, keep every result.
+
+Each finished cell is one JSON file under ``<work_dir>/<budget>/cells/``, written atomically and
+keyed by what it measured (model file's SHA-256, test-time defense, suite, attack settings, images),
+so a second run skips finished cells and a crashed run resumes at the cell it was in. A model that
+changed (another SHA-256) or a budget that changed gives new keys, never stale numbers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..checkpoint import atomic_write, load_checkpoint
+from ..config import Config
+from ..data import TensorDataset
+from ..errors import ConfigError
+from ..evaluation import evaluate
+from ..hub import WEIGHTS_DIR, apply_overrides, model_from_state, resolve
+from .plan import Budget, Row, cell_settings, suite_attacks
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model the experiments need: where its weights are and how they were found."""
+
+    name: str
+    path: Path | None  # None: missing (not shipped, not found, not trained)
+    origin: str  # "shipped", "model_dir", "trained here" or "missing"
+    sha256: str = ""
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def recipe_path(name: str) -> Path:
+    """The shipped training recipe of a named model (``smoothblock/weights/<name>.yaml``)."""
+    return WEIGHTS_DIR / f"{name}.yaml"
+
+
+def find_model(name: str, *, work_dir: Path, model_dir: Path | None = None) -> ModelFile:
+    """``name`` from ``model_dir`` (``<name>.safetensors``), the shipped weights, or this work
+    folder's own training (``<work_dir>/models/<name>/model.safetensors``), in that order."""
+    candidates = []
+    if model_dir is not None:
+        candidates.append((model_dir / f"{name}.safetensors", "model_dir"))
+    try:
+        candidates.append((resolve(name), "shipped"))
+    except Exception:  # not shipped (CheckpointError); a name is never a path here
+        pass
+    candidates.append((work_dir / "models" / name / "model.safetensors", "trained here"))
+    for path, origin in candidates:
+        if path.is_file():
+            return ModelFile(name, path, origin, sha256(path))
+    return ModelFile(name, None, "missing")
+
+
+def train_model(name: str, *, data: str, work_dir: Path, budget: Budget, device: str,
+                cache_dir: str | None, progress: bool) -> ModelFile:
+    """Train ``name`` from its shipped recipe (resuming a run this work folder started), with the
+    budget's overrides (the smoke budget's one short epoch), on ``data``'s training split."""
+    from ..train import train
+
+    recipe = recipe_path(name)
+    if not recipe.is_file():
+        raise ConfigError(f"model {name} is neither shipped nor found, and has no recipe to train it with")
+    out_dir = work_dir / "models" / name
+    cfg = Config.load(recipe).replace(data=data, out_dir=str(out_dir), device=device, cache_dir=cache_dir,
+                                      **(budget.train or {}))
+    log.info("training %s (%s epochs) into %s", name, cfg.epochs, out_dir)
+    train(cfg, resume=(out_dir / "last.pt").is_file(), progress=progress)
+    path = out_dir / "model.safetensors"
+    return ModelFile(name, path, "trained here", sha256(path))
+
+
+def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int) -> str:
+    """What identifies a cell's measurement (not its place in the report)."""
+    attacks, cascade = suite_attacks(budget, row, suite)
+    content = {"model": model.sha256, "defense": [[k, list(v) if isinstance(v, tuple) else v] for k, v in row.defense],
+               "suite": suite, "attacks": attacks, "cascade": cascade, "images": budget.images, "seed": seed,
+               "settings": asdict(cell_settings(budget, row))}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def build_row_model(model: ModelFile, row: Row, device: str | torch.device) -> torch.nn.Module:
+    """The whole defended model of ``row`` (ensemble included), in eval mode."""
+    saved, state_dict = load_checkpoint(model.path)
+    cfg = apply_overrides(saved, model.path, **row.overrides)
+    return model_from_state(cfg, state_dict, device=device, source=model.path)
+
+
+def run_cell(model: ModelFile, row: Row, suite: str, *, budget: Budget, dataset: TensorDataset, cells_dir: Path,
+             device: str | torch.device, seed: int, progress: bool) -> dict[str, Any]:
+    """The record of one cell: read from ``cells_dir`` when measured before, else measured and saved."""
+    key = cell_key(model, row, suite, budget, seed)
+    path = cells_dir / f"{key}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    attacks, cascade = suite_attacks(budget, row, suite)
+    settings = cell_settings(budget, row)
+    network = build_row_model(model, row, device)
+    started = time.perf_counter()
+    torch.set_grad_enabled(True)
+    metrics = evaluate(network, dataset, attacks=attacks, images=budget.images, cascade=cascade, settings=settings,
+                       seed=seed, device=device, num_classes=network.smoothblock_config.num_classes,
+                       progress=progress)
+    record = {"key": key, "model": model.name, "model_sha256": model.sha256, "origin": model.origin,
+              "label": row.label, "defense": dict(row.defense), "suite": suite, "attacks": list(attacks),
+              "cascade": cascade, "settings": asdict(settings), "seed": seed,
+              "seconds": round(time.perf_counter() - started, 1), "metrics": metrics}
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=list) + "\n",
+                                                        encoding="utf-8"))
+    shown = ("clean_acc", "fgsm_8_acc", "worst_fgsm_8_acc", "pgd_acc", "robust_acc", "cw_acc")
+    log.info("%s [%s] %s: %s (%.0f s)", row.label, model.name, suite,
+             " ".join(f"{k}={metrics[k]:.3f}" for k in shown if k in metrics), record["seconds"])
+    return record
