@@ -15,10 +15,11 @@ import argparse
 import json
 import sys
 
-# Thesis Table 4.1 (percent): PGD accuracy, C&W ASR, C&W accuracy; clean accuracy from Section 4.1
-# (undefended) and Figure 4.3c's text (SmoothBlock at test time).
-THESIS_41 = {"none": (90.03, 6.44, 100.0, 0.00), "dropblock": (None, 25.6, 7.82, 57.95),
-             "smoothblock": (77.34, 36.31, 7.87, 60.5)}
+from smoothblock.reproduce.thesis import THESIS
+
+# Thesis Table 4.1 (percent): clean, PGD accuracy, C&W ASR, C&W accuracy.
+THESIS_41 = {row: tuple(t.get(k) for k in ("clean_acc", "pgd_acc", "cw_asr", "cw_acc"))
+             for row, t in THESIS["4.1"].items()}
 NAMES = {"none": "no defense", "dropblock": "DropBlock", "smoothblock": "SmoothBlock"}
 FGSM = (1, 2, 4, 8, 16, 32)
 

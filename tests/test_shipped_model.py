@@ -20,24 +20,49 @@ FLOOR = 0.88
 THESIS_POSTHOC = dict(method="smoothblock", positions=[1], block_size=3, keep_prob=0.7, gamma="thesis")
 
 
-def test_it_ships_inside_the_package_and_loads_without_network(monkeypatch):
+SHIPPED = smoothblock.list_pretrained()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_it_ships_inside_the_package_and_loads_without_network(monkeypatch, name):
     # No download can happen: any socket use fails the test.
     monkeypatch.setattr("socket.socket.connect", lambda *a, **k: pytest.fail("load_model used the network"))
-    assert NAME in smoothblock.list_pretrained()
-    model = smoothblock.load_model(NAME)
+    model = smoothblock.load_model(name)
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
-    assert resolve(NAME).stat().st_size < 2_000_000
+    assert resolve(name).stat().st_size < 2_000_000
+
+
+def test_the_base_model_is_an_undefended_resnet20():
+    assert NAME in SHIPPED
     cfg, _ = load_checkpoint(resolve(NAME))
     assert cfg.spec() == ModelSpec(arch="resnet20", method="none")
 
 
-def test_its_metadata_is_what_it_is_and_a_path_free_record_of_where_it_came_from():
-    record = read_provenance(resolve(NAME))
+@pytest.mark.parametrize("name", SHIPPED)
+def test_its_metadata_is_what_it_is_and_a_path_free_record_of_where_it_came_from(name):
+    record = read_provenance(resolve(name))
     # Trained without the validation split that searches score on (the presets' val_size/split_seed).
     assert (record["val_size"], record["split_seed"]) == (5000, 0)
     text = str(record)
     for path_like in ("runs/", "results/", "../", "/home", "/work", "/tmp", "shared/", "out_dir", "cache_dir"):
         assert path_like not in text, path_like
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_posthoc_search_starts_from_it_by_name(name, image_folder):
+    # What a search's driver and each trial do (search/tuner.py), without Ray: load the named
+    # weights and the validation images, craft the transfer examples, score a defense in the model.
+    from search.config import compose
+    from trainables.assets import load_assets, trial_config
+    from trainables.posthoc import score
+
+    search = compose("posthoc", model=name, val_images=8, chunk_images=8, eot_iter=2, eot_steps=2, data=str(image_folder))
+    base = search.base.replace(val_size=20, device="cpu")
+    assets = load_assets("posthoc", base, search.model, search.val_images, search.attacks,
+                         search.attack_settings(), seed=search.search_seed)
+    cfg = trial_config(assets.base, {"method": "smoothblock", "positions": [1], "block_size": 3, "keep_prob": 0.7})
+    metrics = score(cfg, search, assets)
+    assert metrics["images"] == 8 and 0 <= metrics["robust_acc"] <= metrics["clean_acc"] <= 1
 
 
 @integration
