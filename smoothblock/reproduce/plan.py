@@ -121,10 +121,18 @@ def _row(label: str, model: str, defense: dict[str, Any], suites: tuple[str, ...
 
 @dataclass(frozen=True)
 class Experiment:
+    """A thesis table or figure: its rows, the claim it supports, and how ours differs in setup."""
+
     id: str
     title: str
     claim: str
     rows: tuple[Row, ...]
+    note: str = ""
+
+
+_PLAIN_NOTE = ("The plain row is the shipped `resnet20-cifar10` (89.94% clean; SAM, distillation and a model soup, "
+               "docs/model-card.md), not a run of the trained rows' recipe (Cutout, 100 epochs) without the layer: "
+               "the rows differ in their recipe as well as in the layer.")
 
 
 def experiments(budget: Budget) -> dict[str, Experiment]:
@@ -150,14 +158,14 @@ def experiments(budget: Budget) -> dict[str, Experiment]:
                    "Training with SmoothBlock or DropBlock alone raises FGSM accuracy a little.",
                    (_row("plain", BASE, _NONE, curve_adaptive),
                     _row("dropblock-trained", DROPBLOCK, {**_DB, **off}, curve_adaptive),
-                    _row("smoothblock-trained", SMOOTHBLOCK, {**_SB, **off}, curve_adaptive))),
+                    _row("smoothblock-trained", SMOOTHBLOCK, {**_SB, **off}, curve_adaptive)), _PLAIN_NOTE),
         Experiment("4.5", "Figure 4.5: trained and tested with the regulariser",
                    "Trained and tested with SmoothBlock: 89.34% clean, 52.73% under FGSM 8, 27.11% under PGD.",
                    (_row("plain / none", BASE, _NONE, all_three),
                     _row("dropblock / dropblock", DROPBLOCK, {**_DB, **both}, all_three),
                     _row("dropblock / smoothblock", DROPBLOCK, {**_SB, **both}, all_three),
                     _row("smoothblock / dropblock", SMOOTHBLOCK, {**_DB, **both}, all_three),
-                    _row("smoothblock / smoothblock", SMOOTHBLOCK, {**_SB, **both}, all_three))),
+                    _row("smoothblock / smoothblock", SMOOTHBLOCK, {**_SB, **both}, all_three)), _PLAIN_NOTE),
         Experiment("4.7", "Figure 4.7: adversarial training with SmoothBlock",
                    "Adversarial training with SmoothBlock at train and test time: 50.56% under PGD against "
                    "39.12% for vanilla adversarial training.",
@@ -165,7 +173,12 @@ def experiments(budget: Budget) -> dict[str, Experiment]:
                     _row("adversarial / smoothblock", FGSM_AT, {**_SB, **at_test}, curve_adaptive),
                     _row("adversarial+smoothblock / none", FGSM_AT_SMOOTHBLOCK, {**_SB, **off}, curve_adaptive),
                     _row("adversarial+smoothblock / smoothblock", FGSM_AT_SMOOTHBLOCK, {**_SB, **both},
-                         curve_adaptive))),
+                         curve_adaptive)),
+                   "The thesis does not say how it trained adversarially beyond \"injecting adversarial examples\" "
+                   "with Section 4.1's recipe. Ours is FGSM from a random start (Wong et al. 2020; eps 8/255, "
+                   "alpha 10/255, adversarial examples only) with the Cutout recipe for 40 epochs, on the CPU "
+                   "(smoothblock/weights/resnet20-cifar10-fgsm-at*.yaml); PGD-7 adversarial training needs a GPU "
+                   "and none was lent."),
         Experiment("4.8", "Figure 4.8: the self-ensemble",
                    "50-100 passes add a little: PGD 27.11% -> 27.98%, C&W 76.67% -> 80.81%.",
                    tuple(_row(f"{n} pass" + ("es" if n > 1 else ""), SMOOTHBLOCK,

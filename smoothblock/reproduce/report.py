@@ -90,6 +90,8 @@ def experiment_section(experiment: Experiment, rows: dict[str, Metrics | None], 
                        seconds: float) -> str:
     thesis = THESIS.get(experiment.id, {})
     out = [f"## {experiment.title}", "", f"The thesis: {experiment.claim}", ""]
+    if experiment.note:
+        out += [f"Setup: {experiment.note}", ""]
     if thesis:
         out += ["Thesis / ours (percent):", ""]
     out += _side_by_side(experiment, rows) + [""]
