@@ -14,8 +14,10 @@ an attack is one :func:`register` call.
 * ``eot_pgd``: PGD whose gradient is averaged over ``eot_iter`` draws of the defense's randomness
   (Athalye et al. 2018), ``eot_steps`` steps.
 * ``apgd``: APGD-CE (Croce & Hein 2020) with ``eot_iter`` draws per gradient.
-* ``autoattack_rand``: torchattacks' ``AutoAttack(version="rand")``: APGD-CE then APGD-DLR, 20 EOT
-  draws each, the second on the images the first left.
+* ``autoattack_rand``: AutoAttack's version for randomised defenses: APGD-CE then APGD-DLR (on the
+  images the first left), ``aa_eot_iter`` (20) draws per gradient, ``aa_steps`` (10) steps each.
+  APGD here returns its highest-loss iterate for every image (torchattacks' forward returns the
+  clean image where no draw was fooled during the run, which wastes the attack on a random model).
 * ``square``: Square (Andriushchenko et al. 2020), black-box, ``square_queries`` queries.
 * ``transfer``: PGD with ``transfer_steps`` steps crafted on the same weights with every
   SmoothBlock/DropBlock switched off (the identity in their place: BPDA with the identity as the
@@ -61,6 +63,11 @@ class AttackSettings:
     eot_iter: int = 32
     eot_steps: int = 20
     apgd_steps: int = 20
+    # AutoAttack-rand: APGD-CE then APGD-DLR, aa_eot_iter draws per gradient, aa_steps steps each
+    # (torchattacks' defaults; the original AutoAttack runs 100 steps). A row that is deterministic
+    # at test time needs one draw.
+    aa_steps: int = 10
+    aa_eot_iter: int = 20
     square_queries: int = 1000
     transfer_steps: int = 20
     unbounded_steps: int = 20
@@ -184,6 +191,36 @@ def _transfer(model: nn.Module, s: AttackSettings) -> Crafter:
     return craft
 
 
+def _best_loss(apgd: torchattacks.APGD, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    # APGD's forward returns the clean image of every image no single draw misclassified during the
+    # run, which a fresh draw then scores as robust: against a randomised model the attack would
+    # throw its work away. The iterate of highest loss is the adversarial example to score.
+    _, adv = apgd.perturb(images, labels, best_loss=True)
+    return adv.detach()
+
+
+def _apgd(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
+    apgd = torchattacks.APGD(model, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=s.eot_iter, loss="ce", seed=seed,
+                             n_restarts=1)
+    return lambda images, labels: _best_loss(apgd, images, labels)
+
+
+def _autoattack_rand(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
+    """AutoAttack's version for randomised defenses (Croce & Hein 2020): APGD-CE, then APGD-DLR on
+    the images the first left, each with ``aa_eot_iter`` draws per gradient; torchattacks' APGD,
+    returning the highest-loss iterate of every image."""
+    ce, dlr = (torchattacks.APGD(model, eps=s.pgd_eps, steps=s.aa_steps, eot_iter=s.aa_eot_iter, loss=loss, seed=seed,
+                                 n_restarts=1) for loss in ("ce", "dlr"))
+
+    def craft(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        adv = _best_loss(ce, images, labels)
+        left = predict(model, adv) == labels
+        if left.any():
+            adv[left] = _best_loss(dlr, images[left], labels[left])
+        return adv
+    return craft
+
+
 def _transfer_fgsm(model: nn.Module, eps: float) -> Crafter:
     fgsm = torchattacks.FGSM(model, eps=eps)
 
@@ -224,14 +261,13 @@ register(Attack(
     cost=lambda s: s.eot_steps * s.eot_iter))
 register(Attack(
     "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_images",
-    build=lambda m, s, k, seed: {"apgd_acc": torchattacks.APGD(
-        m, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=s.eot_iter, loss="ce", seed=seed, n_restarts=1)},
+    build=lambda m, s, k, seed: {"apgd_acc": _apgd(m, s, seed)},
     cost=lambda s: s.apgd_steps * s.eot_iter))
 register(Attack(
-    "autoattack_rand", "AutoAttack version rand: APGD-CE and APGD-DLR, 20 EOT draws", "AA-rand", limit="eot_images",
-    build=lambda m, s, k, seed: {"autoattack_rand_acc": torchattacks.AutoAttack(
-        m, norm="Linf", eps=s.pgd_eps, version="rand", n_classes=k, seed=seed)},
-    cost=lambda s: 2 * 10 * 20))  # torchattacks: 10 APGD steps, 20 draws, two losses
+    "autoattack_rand", "AutoAttack version rand: APGD-CE, then APGD-DLR, aa_steps steps of aa_eot_iter draws",
+    "AA-rand", limit="eot_images",
+    build=lambda m, s, k, seed: {"autoattack_rand_acc": _autoattack_rand(m, s, seed)},
+    cost=lambda s: 2 * s.aa_steps * s.aa_eot_iter))
 register(Attack(
     "square", "Square, black-box, square_queries queries", "Square", kind="black", limit="eot_images",
     build=lambda m, s, k, seed: {"square_acc": torchattacks.Square(

@@ -45,6 +45,9 @@ class TrainResult:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; ConfigError otherwise."""
+    if not (name in ("auto", "cpu", "cuda") or (name.startswith("cuda:") and name[5:].isdigit())):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -147,7 +150,9 @@ def train_one_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, splits: 
     # overwrites the last good one.
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"loss is {train_loss} in epoch {epoch + 1}")
-    return {"train_loss": train_loss, "train_acc": correct.item() / max(seen, 1)}
+    # Trained on adversarial examples only, the logits seen are the adversarial ones.
+    name = "train_adv_acc" if cfg.adv_training != "none" and cfg.adv_ratio == 1 else "train_acc"
+    return {"train_loss": train_loss, name: correct.item() / max(seen, 1)}
 
 
 def pgd_accuracy(model: nn.Module, dataset, device: torch.device, eps: float, images: int = 500,
@@ -210,7 +215,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
 
     Returns:
         A :class:`TrainResult`; ``out_dir`` then holds ``model.safetensors`` (weights and
-        configuration), ``config.yaml``, ``last.pt`` and ``log.jsonl`` (one line per epoch).
+        configuration), ``config.yaml``, ``last.pt`` and ``log.jsonl`` (one line per epoch); an
+        adversarial run also ``best_pgd.safetensors``, its epoch of highest ``val_pgd_acc``.
     """
     out = Path(cfg.out_dir)
     state_path = out / "last.pt"
@@ -260,6 +266,10 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
         metrics["val_acc"] = accuracy(model, splits.val, device, bf16=bf16)
         if cfg.adv_training != "none":
             metrics["val_pgd_acc"] = pgd_accuracy(model, splits.val, device, cfg.adv_eps)
+            if metrics["val_pgd_acc"] > max((h.get("val_pgd_acc", -1.0) for h in history), default=-1.0):
+                # Wong et al.'s guard against catastrophic overfitting: the epoch most robust on
+                # validation is kept beside the last one.
+                save_weights(out / "best_pgd.safetensors", model.state_dict(), cfg)
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                        seconds=round(time.perf_counter() - started, 2))
         history.append(metrics)

@@ -143,3 +143,15 @@ def test_the_fgsm_curve_worst_case_is_per_image_and_per_eps():
     for e in (1, 16):
         assert defended[f"worst_fgsm_{e}_acc"] <= min(defended[f"{a}_{e}_acc"] for a in attacks)
     assert {"worst_fgsm_1_acc", "transfer_fgsm_16_acc", "eot_fgsm_1_acc"} <= set(metric_names(attacks)) | set(defended)
+
+
+def test_apgd_attacks_return_their_best_iterate_not_the_clean_image():
+    # At eps 1/255 no image of Brightness can be flipped, so torchattacks' APGD would hand back the
+    # clean images; ours returns the perturbation of highest loss for every image.
+    data = _data(10)
+    x, y = data.images.float() / 255, data.labels
+    settings = AttackSettings(pgd_eps=1 / 255, aa_steps=3, aa_eot_iter=1, apgd_steps=3, eot_iter=1)
+    for name in ("apgd", "autoattack_rand"):
+        adv = next(iter(get_attack(name).build(Brightness(), settings, 10, 0).values()))(x, y)
+        moved = (adv - x).flatten(1).abs().amax(1)
+        assert (moved > 0.5 / 255).all() and (moved <= 1 / 255 + 1e-6).all(), name

@@ -60,6 +60,8 @@ def test_smoke_budget_runs_the_whole_pipeline_and_resumes(image_folder, tmp_path
             "cams.png"} <= figures
     for png in (out.parent / "reproduction").glob("*.png"):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    # Models a budget trains stay that budget's: a smoke run's one-epoch models never stand in for a cpu run's.
+    assert all(p.parent.parent == work / "smoke" / "models" for p in work.rglob("model.safetensors"))
     cells = sorted((work / "smoke" / "cells").glob("*.json"))
     assert len(cells) >= 30
     record = json.loads(cells[0].read_text())
@@ -84,5 +86,10 @@ def test_bad_input_is_one_line_and_status_2(tmp_path):
     bad = run("--budget", "smoke", "--model_dir", str(tmp_path / "nowhere"))
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         f"smoothblock: error: model_dir {tmp_path / 'nowhere'} is not a folder"]
+    bad = run("--budget", "smoke", "--device", "tpu")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "smoothblock: error: device must be auto, cpu, cuda or cuda:N, got 'tpu'"]
+    bad = run("--budget", "smoke", "--out", str(tmp_path))
+    assert bad.returncode == 2 and "out must be a Markdown file" in bad.stderr
     assert not (tmp_path / "docs").exists() and not (tmp_path / "runs").exists()
 

@@ -148,6 +148,8 @@ def test_adversarial_training_with_the_regulariser(tiny_config, adv_training):
     assert torch.isfinite(torch.tensor(result.history[0]["train_loss"]))
     # The catastrophic-overfitting check runs every epoch of an adversarial run.
     assert 0 <= result.history[0]["val_pgd_acc"] <= result.history[0]["val_acc"] + 0.1
+    assert (Path(cfg.out_dir) / "best_pgd.safetensors").is_file()
+    assert ("train_adv_acc" in result.history[0]) == (adv_training == "ffgsm")
 
 
 def test_ffgsm_starts_inside_the_ball_at_random():

@@ -28,7 +28,7 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
                    recorded: Recorded | None = None) -> None:
     """Ray Tune function trainable: ``smoothblock.train`` with a report and a checkpoint per epoch.
 
-    Reports the training log's fields (``train_loss``, ``train_acc``, ``epoch``, ``lr``) and the
+    Reports the training log's fields (``train_loss``, ``train_acc`` or, trained on adversarial examples only, ``train_adv_acc``, ``epoch``, ``lr``) and the
     defended model's ``clean_acc``, ``robust_acc`` (the worst case over the search's attacks), the
     attacks' metrics and ``passes``.
     """

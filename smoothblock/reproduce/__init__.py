@@ -24,7 +24,7 @@ from . import figures
 from . import plan as _plan
 from .plan import _SB, BASE, BUDGETS, EXPERIMENT_IDS, SMOOTHBLOCK, Budget, Row
 from .report import ADAPTIVE_NOTE, experiment_section, header, merged, summary
-from .runner import ModelFile, build_row_model, find_model, run_cell, train_model
+from .runner import ModelFile, build_row_model, data_fingerprint, find_model, run_cell, train_model
 from .thesis import THESIS
 
 __all__ = ["BUDGETS", "EXPERIMENT_IDS", "reproduce"]
@@ -55,8 +55,6 @@ def commit() -> str:
 
 def describe(model: ModelFile) -> dict[str, str]:
     """A model's row in the report's model table."""
-    if model.path is None:
-        return {"name": model.name, "origin": "missing", "training": "-", "sha256": ""}
     cfg, _ = load_checkpoint(model.path)
     record = read_provenance(model.path) if model.path.suffix == ".safetensors" else {}
     parts = [f"{cfg.method}" + (f" ({cfg.defense_at})" if cfg.method != "none" else "")]
@@ -82,8 +80,8 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
         data: ``cifar10`` or a CIFAR-10 ImageFolder folder; cells use its test split, training its
             training split less the validation images.
         out: the Markdown report; its figures go to ``<out's folder>/<out's stem>/``.
-        work_dir: where cells and models trained here are kept (``<work_dir>/<budget>/cells``,
-            ``<work_dir>/models``).
+        work_dir: where cells and models trained here are kept, per budget
+            (``<work_dir>/<budget>/cells``, ``<work_dir>/<budget>/models``).
         model_dir: a folder of ``<name>.safetensors`` to use before the shipped weights.
 
     Returns:
@@ -100,21 +98,27 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
     model_dir = Path(model_dir) if model_dir is not None else None
     if model_dir is not None and not model_dir.is_dir():
         raise ConfigError(f"model_dir {model_dir} is not a folder")
+    if out.is_dir() or out.suffix != ".md":
+        raise ConfigError(f"out must be a Markdown file (.md), got {out}")
+    if work_dir.exists() and not work_dir.is_dir():
+        raise ConfigError(f"work_dir {work_dir} is not a folder")
     dev = resolve_device(device)
+    budget_dir = work_dir / budget
     started = time.perf_counter()
     plan = {k: v for k, v in _plan.experiments(spec).items() if k in experiments}
     needed = list(dict.fromkeys([r.model for e in plan.values() for r in e.rows]
                                 + ([BASE, SMOOTHBLOCK] if "4.6" in experiments else [])))
     models = {}
     for name in needed:
-        found = find_model(name, work_dir=work_dir, model_dir=model_dir)
-        if found.path is None:
-            found = train_model(name, data=data, work_dir=work_dir, budget=spec, device=str(dev),
+        found = find_model(name, work_dir=budget_dir, model_dir=model_dir)
+        if found is None:
+            found = train_model(name, data=data, work_dir=budget_dir, budget=spec, device=str(dev),
                                 cache_dir=cache_dir, progress=progress)
         log.info("model %s: %s (%s)", name, found.path, found.origin)
         models[name] = found
     dataset, classes = load_dataset(data, "test", cache_dir)
-    cells_dir = work_dir / budget / "cells"
+    cells_dir = budget_dir / "cells"
+    data_key = data_fingerprint(dataset, spec.images)
     figure_dir = out.parent / out.stem
     rel = f"{out.stem}"
     sections, texts = {}, {}
@@ -128,7 +132,7 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
         experiment = plan[exp_id]
         rows = {}
         for row in experiment.rows:
-            records = {suite: run_cell(models[row.model], row, suite, budget=spec, dataset=dataset,
+            records = {suite: run_cell(models[row.model], row, suite, budget=spec, dataset=dataset, data_key=data_key,
                                        cells_dir=cells_dir, device=dev, seed=seed, progress=progress)
                        for suite in row.suites}
             rows[row.label] = merged(records)
@@ -186,8 +190,6 @@ def _figures(exp_id: str, rows: dict, spec: Budget, figure_dir: Path, rel: str) 
 def _cams(models: dict[str, ModelFile], dataset, classes, spec: Budget, figure_dir: Path, rel: str,
           device, seed: int) -> str:
     title = "## Figure 4.6: class activation maps\n\n"
-    if any(models[m].path is None for m in (BASE, SMOOTHBLOCK)):
-        return title + "Not drawn: a model is missing.\n"
     plain = build_row_model(models[BASE], Row("plain", BASE, (("method", "none"),), ()), "cpu")
     trained = build_row_model(models[SMOOTHBLOCK], Row("sb", SMOOTHBLOCK, tuple(sorted(
         {**_SB, "defense_at": "both", "ensemble": 1}.items())), ()), "cpu")

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchattacks
 
 from ..checkpoint import atomic_write, load_checkpoint
 from ..config import Config
 from ..data import TensorDataset
 from ..errors import ConfigError
 from ..evaluation import evaluate
-from ..hub import WEIGHTS_DIR, apply_overrides, model_from_state, resolve
+from ..hub import WEIGHTS_DIR, apply_overrides, model_from_state
 from .plan import Budget, Row, cell_settings, suite_attacks
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ class ModelFile:
     """A model the experiments need: where its weights are and how they were found."""
 
     name: str
-    path: Path | None  # None: missing (not shipped, not found, not trained)
-    origin: str  # "shipped", "model_dir", "trained here" or "missing"
-    sha256: str = ""
+    path: Path
+    origin: str  # "shipped", "model_dir" or "trained here"
+    sha256: str
 
 
 def sha256(path: Path) -> str:
@@ -47,21 +48,19 @@ def recipe_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.yaml"
 
 
-def find_model(name: str, *, work_dir: Path, model_dir: Path | None = None) -> ModelFile:
-    """``name`` from ``model_dir`` (``<name>.safetensors``), the shipped weights, or this work
-    folder's own training (``<work_dir>/models/<name>/model.safetensors``), in that order."""
-    candidates = []
+def find_model(name: str, *, work_dir: Path, model_dir: Path | None = None) -> ModelFile | None:
+    """``name`` from ``model_dir`` (``<name>.safetensors``), the shipped weights, or this budget's
+    own training (``<work_dir>/models/<name>/model.safetensors``, ``work_dir`` being the budget's
+    folder: a smoke run's one-epoch models never stand in for a real run's), in that order; None
+    when none of them has it."""
+    candidates = [(WEIGHTS_DIR / f"{name}.safetensors", "shipped"),
+                  (work_dir / "models" / name / "model.safetensors", "trained here")]
     if model_dir is not None:
-        candidates.append((model_dir / f"{name}.safetensors", "model_dir"))
-    try:
-        candidates.append((resolve(name), "shipped"))
-    except Exception:  # not shipped (CheckpointError); a name is never a path here
-        pass
-    candidates.append((work_dir / "models" / name / "model.safetensors", "trained here"))
+        candidates.insert(0, (model_dir / f"{name}.safetensors", "model_dir"))
     for path, origin in candidates:
         if path.is_file():
             return ModelFile(name, path, origin, sha256(path))
-    return ModelFile(name, None, "missing")
+    return None
 
 
 def train_model(name: str, *, data: str, work_dir: Path, budget: Budget, device: str,
@@ -82,12 +81,28 @@ def train_model(name: str, *, data: str, work_dir: Path, budget: Budget, device:
     return ModelFile(name, path, "trained here", sha256(path))
 
 
-def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int) -> str:
-    """What identifies a cell's measurement (not its place in the report)."""
+#: Bump when a change to the attacks or to evaluate() makes earlier cells wrong.
+CELL_FORMAT = 2
+
+
+def data_fingerprint(dataset: TensorDataset, images: int) -> str:
+    """SHA-256 of the first ``images`` images and labels a cell scores (another copy of the data, or
+    the same data in another order, is another key)."""
+    subset = dataset.take(slice(0, images))
+    digest = hashlib.sha256(subset.images.contiguous().numpy().tobytes())
+    digest.update(subset.labels.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int, data: str) -> str:
+    """What identifies a cell's measurement (not its place in the report): the weights, the images,
+    the defense, the attacks and their settings, the seed and the versions that run them."""
     attacks, cascade = suite_attacks(budget, row, suite)
-    content = {"model": model.sha256, "defense": [[k, list(v) if isinstance(v, tuple) else v] for k, v in row.defense],
+    content = {"format": CELL_FORMAT, "model": model.sha256, "data": data,
+               "defense": [[k, list(v) if isinstance(v, tuple) else v] for k, v in row.defense],
                "suite": suite, "attacks": attacks, "cascade": cascade, "images": budget.images, "seed": seed,
-               "settings": asdict(cell_settings(budget, row))}
+               "settings": asdict(cell_settings(budget, row)), "torch": torch.__version__,
+               "torchattacks": torchattacks.__version__}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -98,10 +113,11 @@ def build_row_model(model: ModelFile, row: Row, device: str | torch.device) -> t
     return model_from_state(cfg, state_dict, device=device, source=model.path)
 
 
-def run_cell(model: ModelFile, row: Row, suite: str, *, budget: Budget, dataset: TensorDataset, cells_dir: Path,
-             device: str | torch.device, seed: int, progress: bool) -> dict[str, Any]:
-    """The record of one cell: read from ``cells_dir`` when measured before, else measured and saved."""
-    key = cell_key(model, row, suite, budget, seed)
+def run_cell(model: ModelFile, row: Row, suite: str, *, budget: Budget, dataset: TensorDataset, data_key: str,
+             cells_dir: Path, device: str | torch.device, seed: int, progress: bool) -> dict[str, Any]:
+    """The record of one cell: read from ``cells_dir`` when measured before, else measured and saved.
+    ``data_key``: :func:`data_fingerprint` of ``dataset``."""
+    key = cell_key(model, row, suite, budget, seed, data_key)
     path = cells_dir / f"{key}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
