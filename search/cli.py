@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
+import time
 from urllib.parse import urlparse
 
 from smoothblock.cli import OneLineParser, add_commands, add_field_flags, run
@@ -83,19 +85,60 @@ def run_export(args: argparse.Namespace) -> int:
 
 
 def run_ui(args: argparse.Namespace) -> int:
-    from .tracking import resolve_tracking_uri
+    from .tracking import connect, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.mlflow_uri)
     if urlparse(uri).scheme in ("http", "https"):
         print(f"the tracking server already serves its UI: open {uri}")
         return 0
+    connect(uri)  # creates a new sqlite store under its lock, so a search starting now finds it whole
     print(f"MLflow UI for {uri} at http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", uri, "--host", args.host,
                "--port", str(args.port), "--workers", "1"]
+    return serve(command)
+
+
+class _Stop(Exception):
+    pass
+
+
+def serve(command: list[str]) -> int:
+    """Run a server until it exits or this process gets SIGINT, SIGTERM or SIGHUP; then stop the
+    server and everything it started (mlflow server runs uvicorn and job workers beside it).
+
+    The server gets a process group of its own, so a signal reaches it only through here and the
+    whole group goes down together: SIGTERM, then SIGKILL after 10 s."""
+    def stop(signum, frame):
+        raise _Stop
+
+    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    proc = None
     try:
-        return subprocess.call(command, env=os.environ.copy())
-    except KeyboardInterrupt:
+        proc = subprocess.Popen(command, env=os.environ.copy(), start_new_session=True)
+        return proc.wait()
+    except _Stop:
         return 0
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if proc is not None:
+            _stop_group(proc)
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # the group is gone
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            proc.poll()
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
 
 
 def build_parser() -> argparse.ArgumentParser:

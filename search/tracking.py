@@ -8,6 +8,7 @@ logged twice, and runs left RUNNING by a killed driver are closed when the searc
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -77,12 +78,34 @@ def fail_fast(timeout_s: int = 5):
 _FULL_URIS: dict[str, str] = {}
 
 
-def connect(uri: str) -> MlflowClient:
-    """A client for ``uri``, checked to answer (ConfigError naming the URI if it does not)."""
-    _FULL_URIS[redact(uri)] = uri
-    client = MlflowClient(tracking_uri=uri)
-    with fail_fast():
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """For an sqlite store, hold ``<file>.lock`` (an exclusive flock) within the block.
+
+    Two processes opening a *new* sqlite store at once both run its schema setup, and one dies with
+    ``table ... already exists``; the first open of each process (a search, ``smoothblock ui``)
+    happens under this lock, so one creates the tables and the other finds them."""
+    parts = urlsplit(uri)
+    if parts.scheme != "sqlite":
+        yield
+        return
+    path = Path(uri[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a", encoding="utf-8") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def connect(uri: str) -> MlflowClient:
+    """A client for ``uri``, checked to answer (ConfigError naming the URI if it does not); an
+    sqlite store that does not exist yet is created under :func:`store_lock`."""
+    _FULL_URIS[redact(uri)] = uri
+    with fail_fast(), store_lock(uri):
+        try:
+            client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
         except Exception as exc:  # connection refused, bad scheme, unreadable store: all one line
             reason = first_line(exc).replace(uri, redact(uri))
