@@ -45,13 +45,15 @@ def add_search_commands(sub) -> None:
     which.add_argument("--top", type=int, default=1, help="the K best trials (default 1)")
     which.add_argument("--pareto", action="store_true", help="the Pareto front (clean_acc, robust accuracy, passes)")
     export.add_argument("-o", "--output", default="best.yaml", help="file to write (several: best-1.yaml, ...)")
-    export.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None)
+    export.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
+                        help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     export.set_defaults(handler=run_export)
 
     ui = sub.add_parser("ui", help="the MLflow UI for the tracking store in use, on 127.0.0.1")
-    ui.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None)
+    ui.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
+                    help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=int, default=5000, help="port of the UI")
     ui.set_defaults(handler=run_ui)
 
 

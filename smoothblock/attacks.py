@@ -33,7 +33,7 @@ All metrics are fractions in [0, 1].
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
@@ -49,38 +49,40 @@ __all__ = ["ATTACKS", "Attack", "AttackSettings", "attack_names", "defense_off",
            "predict", "random_targets", "register"]
 
 
+def _setting(default, help: str):
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class AttackSettings:
-    """Parameters of every attack; the PGD, FGSM and C&W defaults are the thesis' (Section 4)."""
+    """Parameters of every attack; the PGD, FGSM and C&W defaults are the thesis' (Section 4).
+    Each field's ``help`` is its ``smoothblock evaluate --<field>`` help."""
 
-    fgsm_eps: tuple[int, ...] = FGSM_EPS  # in units of 1/255
-    pgd_eps: float = 8 / 255
-    pgd_alpha: float = 2 / 255
-    pgd_steps: int = 7
-    # EOT: 20 steps of the gradient averaged over 32 draws. On the main command's best post-hoc
-    # defense, robust_acc on 500 validation images was 3.4% with 16 draws, 2.6% with 32, 2.4% with
-    # 64 (README, "How robust_acc is measured").
-    eot_iter: int = 32
-    eot_steps: int = 20
-    apgd_steps: int = 20
-    # AutoAttack-rand: APGD-CE then APGD-DLR, aa_eot_iter draws per gradient, aa_steps steps each
-    # (torchattacks' defaults; the original AutoAttack runs 100 steps). A row that is deterministic
+    fgsm_eps: tuple[int, ...] = _setting(FGSM_EPS, "FGSM's eps, in 1/255")
+    pgd_eps: float = _setting(8 / 255, "L-inf radius of PGD, transfer, EOT-PGD, APGD, AA-rand and Square")
+    pgd_alpha: float = _setting(2 / 255, "step size of PGD, transfer and EOT-PGD")
+    pgd_steps: int = _setting(7, "steps of the thesis' PGD")
+    # On the main command's best post-hoc defense, robust_acc on 500 validation images was 3.4%
+    # with 16 draws, 2.6% with 32, 2.4% with 64 (docs/results.md).
+    eot_iter: int = _setting(32, "draws of the defense averaged in each EOT gradient (eot_pgd, apgd, eot_fgsm)")
+    eot_steps: int = _setting(20, "steps of EOT-PGD")
+    apgd_steps: int = _setting(20, "steps of APGD-CE")
+    # torchattacks' defaults; the original AutoAttack runs 100 steps. A row that is deterministic
     # at test time needs one draw.
-    aa_steps: int = 10
-    aa_eot_iter: int = 20
-    square_queries: int = 1000
-    transfer_steps: int = 20
-    unbounded_steps: int = 20
-    cw_search_steps: int = 10
-    cw_steps: int = 10
-    cw_lr: float = 0.01
-    cw_initial_c: float = 0.01
-    cw_kappa: float = 0.0
-    cw_images: int = 1000  # C&W runs on the first cw_images images only, as in the thesis
-    # The EOT attacks (eot_pgd, apgd, autoattack_rand) cost tens of passes per image and step, so
-    # they run on the first eot_images images only.
-    eot_images: int = 1000
-    unbounded_images: int = 200  # the eps = 1 check needs few images to tell ~0% from 5%
+    aa_steps: int = _setting(10, "steps of each of AutoAttack-rand's APGD-CE and APGD-DLR")
+    aa_eot_iter: int = _setting(20, "draws per gradient in AutoAttack-rand")
+    square_queries: int = _setting(1000, "queries of the Square attack")
+    transfer_steps: int = _setting(20, "steps of the transfer PGD (crafted with the defense off)")
+    unbounded_steps: int = _setting(20, "steps of the eps-1 PGD check")
+    cw_search_steps: int = _setting(10, "C&W's binary-search steps over c (ART 0.4's default)")
+    cw_steps: int = _setting(10, "C&W's optimisation steps per c (ART 0.4's default)")
+    cw_lr: float = _setting(0.01, "C&W's learning rate (ART 0.4's default)")
+    cw_initial_c: float = _setting(0.01, "C&W's first c (ART 0.4's default)")
+    cw_kappa: float = _setting(0.0, "C&W's confidence margin (ART 0.4's default)")
+    cw_images: int = _setting(1000, "C&W runs on the first this many images only, as in the thesis")
+    # The EOT attacks cost tens of passes per image and step.
+    eot_images: int = _setting(1000, "eot_pgd, apgd, autoattack_rand and Square run on the first this many images only")
+    unbounded_images: int = _setting(200, "the eps-1 check runs on the first this many images (few tell ~0% from 5%)")
 
 
 Crafter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

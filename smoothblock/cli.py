@@ -38,7 +38,23 @@ def columns(settings: AttackSettings = AttackSettings()) -> list[tuple[str, str]
             + [(f"{name}_broke", f"{a.title} broke") for name, a in ATTACKS.items()] + [("robust_acc", "worst")])
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless the help already says it or there is none
+    to say (a flag, or a None that the help explains)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required
+                or not action.option_strings):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class OneLineParser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> typing.NoReturn:  # one line, not usage + message
         self.exit(2, f"{self.prog}: error: {message}\n")
 
@@ -77,7 +93,9 @@ def add_commands(subparsers) -> None:
     add_field_flags(train, Config, FIELD_NAMES)
     train.set_defaults(handler=run_train)
 
-    ev = subparsers.add_parser("evaluate", help="clean and robust accuracy, thesis-style table")
+    ev = subparsers.add_parser("evaluate", help="clean and robust accuracy, thesis-style table",
+                               description="Clean and robust accuracy of a model with a defense, thesis-style. "
+                                           "Defense options left out keep the checkpoint's values.")
     ev.add_argument("--model", required=True, help="a shipped model name or a checkpoint file")
     ev.add_argument("--methods", nargs="+", choices=METHODS, default=None,
                     help="table rows (default: none dropblock smoothblock; with --config: none and its "
@@ -100,21 +118,23 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--images", type=int, default=1000,
                     help="number of images scored, the first of the split (C&W, the EOT attacks, Square: at most "
                          "--cw_images and --eot_images of them)")
-    ev.add_argument("--split", choices=["test", "val"], default="test")
+    ev.add_argument("--split", choices=["test", "val"], default="test",
+                    help="test, or val: the validation images searches score on (never trained on)")
     ev.add_argument("--data", default="cifar10",
                     help="cifar10 (torchvision's download) or a folder of CIFAR-10 in ImageFolder layout "
                          "(default: cifar10)")
     add_field_flags(ev, Config, ("val_size", "split_seed"))
     ev.add_argument("--json", default=None, help="write the metrics to this JSON file")
-    ev.add_argument("--batch_size", "--batch-size", type=int, default=250)
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--device", default="auto")
-    ev.add_argument("--cache_dir", "--cache-dir", default=None)
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument("--batch_size", "--batch-size", type=int, default=250, help="images per attack batch")
+    ev.add_argument("--seed", type=int, default=0, help="seeds the defense's draws, random starts and C&W targets")
+    ev.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    ev.add_argument("--cache_dir", "--cache-dir", default=None,
+                    help="where downloads and decoded images go (default: ~/.cache/smoothblock)")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
     for f in dataclasses.fields(AttackSettings):
         if f.name != "fgsm_eps":
             ev.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name,
-                            type=type(f.default), default=f.default)
+                            type=type(f.default), default=f.default, help=f.metadata["help"].replace("%", "%%"))
     add_field_flags(ev, Config, DEFENSE_FIELDS)
     ev.set_defaults(handler=run_evaluate)
 
@@ -135,10 +155,11 @@ def add_commands(subparsers) -> None:
                     help="where measured cells and models trained here are kept (a rerun reads them back)")
     rp.add_argument("--model_dir", "--model-dir", default=None,
                     help="a folder of NAME.safetensors used before the shipped weights")
-    rp.add_argument("--device", default="auto")
-    rp.add_argument("--cache_dir", "--cache-dir", default=None)
-    rp.add_argument("--seed", type=int, default=0)
-    rp.add_argument("--quiet", action="store_true")
+    rp.add_argument("--device", default="auto", help="auto (a GPU when there is one), cpu, cuda or cuda:N")
+    rp.add_argument("--cache_dir", "--cache-dir", default=None,
+                    help="where downloads and decoded images go (default: ~/.cache/smoothblock)")
+    rp.add_argument("--seed", type=int, default=0, help="seeds the defense's draws, random starts and C&W targets")
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
     rp.set_defaults(handler=run_reproduce)
 
 

@@ -205,3 +205,20 @@ def test_every_command_prints_its_help(capsys, command):
         from smoothblock.attacks import ATTACKS
 
         assert all(name in out for name in ATTACKS) and "passes per image" in out
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    import argparse
+
+    from search.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert {"train", "evaluate", "reproduce", "search", "export", "ui"} <= set(commands)
+    for name, command in commands.items():
+        command.format_help()  # renders: no stray % in a help
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings[0]} has no help"
+    assert "--images IMAGES" in commands["evaluate"].format_help()
+    assert "(default: 1000)" in commands["evaluate"].format_help()  # defaults are shown
