@@ -155,3 +155,19 @@ def test_apgd_attacks_return_their_best_iterate_not_the_clean_image():
         adv = next(iter(get_attack(name).build(Brightness(), settings, 10, 0).values()))(x, y)
         moved = (adv - x).flatten(1).abs().amax(1)
         assert (moved > 0.5 / 255).all() and (moved <= 1 / 255 + 1e-6).all(), name
+
+
+def test_fgsm_forms_share_one_gradient_per_batch_and_equal_fgsm_on_a_deterministic_model():
+    import torchattacks
+
+    data = _data(10)
+    x, y = data.images.float() / 255, data.labels
+    model = Brightness()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))
+    settings = AttackSettings(fgsm_eps=(1, 8, 16), eot_iter=3)
+    crafters = get_attack("eot_fgsm").build(model, settings, 10, 0)
+    advs = {e: crafters[f"eot_fgsm_{e}_acc"](x, y) for e in (1, 8, 16)}
+    assert len(calls) == 3  # three draws for the first eps, none for the others
+    for e, adv in advs.items():
+        assert torch.equal(adv, torchattacks.FGSM(model, eps=e / 255)(x, y)), e

@@ -82,7 +82,7 @@ def train_model(name: str, *, data: str, work_dir: Path, budget: Budget, device:
 
 
 #: Bump when a change to the attacks or to evaluate() makes earlier cells wrong.
-CELL_FORMAT = 2
+CELL_FORMAT = 3
 
 
 def data_fingerprint(dataset: TensorDataset, images: int) -> str:
