@@ -7,15 +7,12 @@ logged twice, and runs left RUNNING by a killed driver are closed when the searc
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import math
 import os
 import tempfile
 import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 from typing import Any
 
 from mlflow import MlflowClient
@@ -24,8 +21,12 @@ from mlflow.exceptions import MlflowException
 from ray import tune
 
 from smoothblock import Config
-from smoothblock.errors import ConfigError, first_line
+from smoothblock.errors import ConfigError
+from smoothblock.version import commit
 from trainables.assets import Recorded, config_params, trial_config
+
+# The store's functions, under the names the rest of the search uses (tracking.connect, ...).
+from .tracking_store import _FULL_URIS, connect, fail_fast, redact, resolve_tracking_uri, store_lock  # noqa: F401
 
 ROLE_TAG = "smoothblock.role"
 TRIAL_TAG = "ray.trial_id"
@@ -40,80 +41,6 @@ TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid", "time
              "iterations_since_restore", "done", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
              "checkpoint_dir_name", "config", "should_checkpoint", "timesteps_total", "episodes_total",
              "timesteps_since_restore", "warmup_time"}
-
-
-def resolve_tracking_uri(uri: str | None) -> str:
-    """``--mlflow-uri``, else MLFLOW_TRACKING_URI, else an sqlite store in the working folder."""
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
-
-
-def redact(uri: str) -> str:
-    """``uri`` without a password (``postgresql://user:***@host/db``): what files and logs may hold."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-@contextlib.contextmanager
-def fail_fast(timeout_s: int = 5):
-    """MLflow's HTTP client retries an unreachable server for minutes; a check should take seconds."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ.update(MLFLOW_HTTP_REQUEST_MAX_RETRIES="0", MLFLOW_HTTP_REQUEST_TIMEOUT=str(timeout_s))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-#: Tracking URIs by their redacted form, for this driver process only: the Tune callback is
-#: pickled into Ray's experiment state with the redacted URI and finds the real one here.
-_FULL_URIS: dict[str, str] = {}
-
-
-@contextlib.contextmanager
-def store_lock(uri: str):
-    """For an sqlite store, hold ``<file>.lock`` (an exclusive flock) within the block.
-
-    Two processes opening a *new* sqlite store at once both run its schema setup, and one dies with
-    ``table ... already exists``; the first open of each process (a search, ``smoothblock ui``)
-    happens under this lock, so one creates the tables and the other finds them."""
-    parts = urlsplit(uri)
-    if parts.scheme != "sqlite":
-        yield
-        return
-    path = Path(uri[len("sqlite:///"):])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def connect(uri: str) -> MlflowClient:
-    """A client for ``uri``, checked to answer (ConfigError naming the URI if it does not); an
-    sqlite store that does not exist yet is created under :func:`store_lock`."""
-    _FULL_URIS[redact(uri)] = uri
-    with fail_fast(), store_lock(uri):
-        try:
-            client = MlflowClient(tracking_uri=uri)
-            client.search_experiments(max_results=1)
-        except Exception as exc:  # connection refused, bad scheme, unreadable store: all one line
-            reason = first_line(exc).replace(uri, redact(uri))
-            parts = urlsplit(uri)
-            if parts.password:
-                reason = reason.replace(parts.password, "***")
-            raise ConfigError(f"MLflow tracking store {redact(uri)} is unreachable: {reason}") from None
-    return client
 
 
 def search_params(search: Any) -> dict[str, str]:
@@ -166,14 +93,36 @@ def child_runs(client: MlflowClient, experiment_id: str, parent_id: str) -> list
             return runs
 
 
-def start_search_run(client: MlflowClient, name: str, search_yaml: str, params: dict[str, str]) -> tuple[str, str]:
+def run_label(cfg: Config) -> str:
+    """A trial's defense in one line, its run name in MLflow's compare view:
+    ``smoothblock p1 b3 k0.70 x4`` (method, positions, block size, keep prob, passes; ``s`` is
+    mixed's SmoothBlock probability; ``train``/``both`` when the layer is also on in training)."""
+    if cfg.method == "none":
+        return "none"
+    parts = [cfg.method, "p" + "+".join(map(str, cfg.positions)), f"b{cfg.block_size}", f"k{cfg.keep_prob:.2f}"]
+    if cfg.method == "mixed":
+        parts.append(f"s{cfg.smooth_prob:.2f}")
+    parts.append(f"x{cfg.passes}")
+    if cfg.defense_at != "test":
+        parts.append(cfg.defense_at)
+    return " ".join(parts)
+
+
+def search_tags(search: Any) -> dict[str, str]:
+    """Tags on the parent run and every child run: the search, its trainable, the code's commit."""
+    return {"smoothblock.search": search.name, "smoothblock.trainable": search.trainable,
+            "smoothblock.commit": commit()}
+
+
+def start_search_run(client: MlflowClient, name: str, search_yaml: str, params: dict[str, str],
+                     tags: dict[str, str] | None = None) -> tuple[str, str]:
     """Create the search's experiment and parent run, or complete those a driver killed while
     launching left behind; returns (experiment_id, parent_run_id)."""
     experiment = find_experiment(client, name)
     experiment_id = experiment.experiment_id if experiment else client.create_experiment(name, tags={ROLE_TAG: "search"})
     run_id = parent_run_id(client, experiment_id)
     if run_id is None:
-        run_id = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "search"}).info.run_id
+        run_id = client.create_run(experiment_id, run_name=name, tags={ROLE_TAG: "search", **(tags or {})}).info.run_id
     log_params(client, run_id, params)
     client.log_text(run_id, search_yaml, "search.yaml")
     return experiment_id, run_id
@@ -202,7 +151,7 @@ class TrialLogger(tune.Callback):
     """Tune callback: each trial's child run, its params, per-report metrics, status and artifacts."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config,
-                 max_iterations: int | None = None) -> None:
+                 max_iterations: int | None = None, tags: dict[str, str] | None = None) -> None:
         """On resume, a new trial whose configuration equals that of a run FINISHED after Ray's
         last saved state takes that run over (trials are seeded: the trial reports that run's
         result instead of running, see ``trainables.assets.Recorded``)."""
@@ -211,6 +160,7 @@ class TrialLogger(tune.Callback):
         self.parent_id = parent_id
         self.base = base
         self.max_iterations = max_iterations  # reports of a trial that runs to the end
+        self.tags = dict(tags or {})  # on every child run (search_tags)
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}
         self._done: set[str] = set()  # runs FINISHED before this driver: nothing more is logged to them
@@ -260,9 +210,10 @@ class TrialLogger(tune.Callback):
                     self.client.update_run(run_id, status="RUNNING")
                 self._logged[run_id] = last_step(self.client, run_id)
         else:
-            run = self.client.create_run(self.experiment_id, run_name=str(trial),
+            run = self.client.create_run(self.experiment_id, run_name=run_label(cfg),
                                          tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
-                                               ROLE_TAG: "trial", SAMPLED_TAG: json.dumps(trial.config, sort_keys=True)})
+                                               ROLE_TAG: "trial", SAMPLED_TAG: json.dumps(trial.config, sort_keys=True),
+                                               **getattr(self, "tags", {})})
             run_id = run.info.run_id
             log_params(self.client, run_id, config_params(cfg))
             self.client.log_text(run_id, cfg.to_yaml(), "config.yaml")

@@ -201,7 +201,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     store.write_text(name, SEARCH_FILE, search_yaml)
     try:
         experiment_id, parent_id = tracking.start_search_run(client, name, search_yaml,
-                                                             tracking.search_params(search))
+                                                             tracking.search_params(search), tracking.search_tags(search))
         _write_state_file(store, name, uri, experiment_id, parent_id)
         tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent)
     except BaseException:
@@ -239,7 +239,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         # Killed while launching, after writing its configuration but before its MLflow parent run
         # was complete: complete that now.
         experiment_id, parent_id = tracking.start_search_run(client, name, stored.to_yaml(),
-                                                             tracking.search_params(stored))
+                                                             tracking.search_params(stored), tracking.search_tags(stored))
     search = stored
     if search is None:
         search = SearchConfig.from_yaml(tracking.search_yaml(client, parent_id), source=f"search {name!r} in MLflow")
@@ -304,7 +304,8 @@ def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, e
             name=search.name, storage_path=store.uri, verbose=1,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search))]))
+            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search),
+                                            tracking.search_tags(search))]))
 
 
 def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:

@@ -77,6 +77,10 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
         artifact = client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id))
         cfg = Config.load(artifact)
         assert cfg.keep_prob == float(params["keep_prob"]) and cfg.data == str(image_folder)
+        # Named by its defense for the compare view, tagged with the search and the code.
+        assert child.info.run_name == f"{cfg.method} p{cfg.positions[0]} b{cfg.block_size} k{cfg.keep_prob:.2f} x{cfg.ensemble}"
+        assert child.data.tags["smoothblock.search"] == "posthoc-e2e" and child.data.tags["smoothblock.commit"]
+    assert parent.data.tags["smoothblock.trainable"] == "posthoc"
     assert len({c.data.params["keep_prob"] for c in children}) == 4  # Optuna proposed, not repeated
 
     # The same name again is refused; the first search is untouched.

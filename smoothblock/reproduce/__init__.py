@@ -10,7 +10,6 @@ import datetime
 import logging
 import os
 import platform
-import subprocess
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ..checkpoint import load_checkpoint, read_provenance
 from ..data import load_dataset
 from ..errors import ConfigError
 from ..train import resolve_device
+from ..version import commit
 from . import figures
 from . import plan as _plan
 from .plan import _SB, BASE, BUDGETS, EXPERIMENT_IDS, SMOOTHBLOCK, Budget, Row
@@ -42,15 +42,6 @@ def machine() -> str:
         pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return f"{cpu} ({torch.get_num_threads()} threads{gpu}), torch {torch.__version__}"
-
-
-def commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10,
-                             cwd=Path(__file__).parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 def describe(model: ModelFile) -> dict[str, str]:
