@@ -3,8 +3,18 @@
 The source of truth is MLflow: the child runs of the search, their metrics, tags and their
 ``config.yaml`` and ``audit.json`` artifacts. The best audited finalist comes first; each file states
 the figure it claims as ``robust_acc`` with the audit beside it (``smoothblock train`` reads past
-both). A training search's short schedule was for ranking only, so the export trains in full:
-``epochs`` back to the recipe's, ``subset`` back to all training images.
+both).
+
+What a file trains depends on what the trial was:
+
+* a training search's trial: its model in full, ``epochs`` back to the recipe's, ``subset`` back
+  to all training images (the search's short schedule was for ranking only);
+* a post-hoc trial (a defense put into a trained model): a fine-tune of *that* model
+  (``init_from``) with the defense on in training as well as at test time (``defense_at: both``,
+  the thesis' Section 4.5 setting), :data:`FINE_TUNE` epochs at a tenth of the recipe's peak rate,
+  whose result can be compared with the post-hoc one. Beside it, ``<out>.safetensors`` is the
+  scored model itself, the trained weights with the trial's defense:
+  ``load_model("best.safetensors")`` or ``smoothblock evaluate --model best.safetensors``.
 """
 from __future__ import annotations
 
@@ -16,12 +26,18 @@ from typing import Any
 import yaml
 
 from smoothblock import Config
-from smoothblock.checkpoint import atomic_write
-from smoothblock.errors import ConfigError
+from smoothblock.checkpoint import atomic_write, load_checkpoint, read_provenance, save_weights
+from smoothblock.config import file_record
+from smoothblock.errors import CheckpointError, ConfigError
+from smoothblock.hub import resolve
 
 from . import tracking
 from .config import METRIC
 from .tracking import AUDITED
+
+
+#: A post-hoc winner's fine-tune: epochs and the peak learning rate (the recipe's is 0.1).
+FINE_TUNE = {"epochs": 30, "lr": 0.01}
 
 
 def rank(rows: list[dict[str, Any]], metric: str, min_clean_acc: float | None = None) -> list[dict[str, Any]]:
@@ -83,19 +99,49 @@ def export(name: str, out: str, *, top: int = 1, pareto: bool = False, mlflow_ur
         raise ConfigError(f"-o must name a .yaml file, got {out}")
     targets = [out_path] if len(chosen) == 1 else [
         out_path.with_name(f"{out_path.stem}-{i}{out_path.suffix}") for i in range(1, len(chosen) + 1)]
-    texts = []
+    posthoc = params.get("trainable") == "posthoc"
+    base = _base_model(params["model"]) if posthoc else None
+    texts, weights = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, row in enumerate(chosen, 1):
             local = client.download_artifacts(row["run_id"], "config.yaml", tmp + f"/{i}")
-            cfg = Config.load(local).replace(epochs=None, subset=None, out_dir=f"runs/{name}-best-{i}")
-            texts.append(f"# Exported from search {name}, trial {row['run_name']} (MLflow run {row['run_id']}).\n"
-                         f"# Train it: smoothblock train --config THIS_FILE\n"
-                         + yaml.safe_dump(record(client, row, params, tmp + f"/{i}"), sort_keys=False)
+            trial = Config.load(local)
+            head = f"# Exported from search {name}, trial {row['run_name']} (MLflow run {row['run_id']}).\n"
+            if posthoc:
+                cfg = trial.replace(init_from=params["model"], defense_at="both", subset=None,
+                                    out_dir=f"runs/{name}-best-{i}", **FINE_TUNE)
+                head += (f"# The defense was scored in {params['model']}; {{weights}} is that model with it\n"
+                         f"# (smoothblock evaluate --model {{weights}} --methods none {trial.method}). This file\n"
+                         f"# fine-tunes the model with the\n"
+                         f"# defense in training too (thesis Section 4.5): smoothblock train --config {{config}}\n")
+                weights.append(trial.replace(defense_at="test"))
+            else:
+                cfg = trial.replace(epochs=None, subset=None, out_dir=f"runs/{name}-best-{i}")
+                head += "# Train it: smoothblock train --config {config}\n"
+            texts.append(head + yaml.safe_dump(record(client, row, params, tmp + f"/{i}"), sort_keys=False)
                          + cfg.to_yaml())
-    for path, text in zip(targets, texts):  # every file is read before any is written
+    for j, (path, text) in enumerate(zip(targets, texts)):  # every file is read before any is written
         path.parent.mkdir(parents=True, exist_ok=True)
+        text = text.replace("{config}", str(path)).replace("{weights}", str(path.with_suffix(".safetensors")))
         atomic_write(path, lambda tmp, text=text: Path(tmp).write_text(text, encoding="utf-8"))
-    return targets
+        if posthoc:
+            _, state_dict, provenance = base
+            record_ = {**provenance, "defense_from": f"search {name}, MLflow run {chosen[j]['run_id']}"}
+            save_weights(path.with_suffix(".safetensors"), state_dict, weights[j], provenance=record_)
+    return targets + [p.with_suffix(".safetensors") for p in targets if posthoc]
+
+
+def _base_model(model: str) -> tuple[Path, dict, dict]:
+    """The post-hoc search's trained model, read before anything is written: (path, weights,
+    its provenance record with the file named, not its path)."""
+    try:
+        path = resolve(model)
+    except CheckpointError:
+        raise ConfigError(f"the search's model {model} is not on this machine (a shipped name or a file); "
+                          "export where it is") from None
+    _, state_dict = load_checkpoint(path)
+    provenance = read_provenance(path) if path.suffix == ".safetensors" else {}
+    return path, state_dict, {"weights": file_record(model), **provenance}
 
 
 def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dict[str, Any]:

@@ -46,14 +46,16 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,
-                 extra: dict[str, str] | None = None) -> None:
+                 extra: dict[str, str] | None = None, provenance: dict[str, Any] | None = None) -> None:
     """Save weights as safetensors with, in the metadata, what the model is (``model``: the
     :class:`ModelSpec`, YAML) and where it came from (``provenance``: data name, split, recipe,
     seed; YAML, a record only). How the run executed (device, folders) is not saved.
-    ``extra``: more string metadata."""
+    ``extra``: more string metadata; ``provenance``: the record to save instead of ``cfg``'s
+    (weights that ``cfg`` did not train, such as a trained model with a new test-time defense)."""
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+    record = cfg.provenance() if provenance is None else provenance
     metadata = {"format": FORMAT, "model": cfg.spec().to_yaml(),
-                "provenance": yaml.safe_dump(cfg.provenance(), sort_keys=False), **(extra or {})}
+                "provenance": yaml.safe_dump(record, sort_keys=False), **(extra or {})}
     atomic_write(Path(path), lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 

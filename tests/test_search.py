@@ -5,6 +5,7 @@ import pickle
 import shutil
 
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 from ray import tune
@@ -14,6 +15,7 @@ from search import tracking
 from search.cli import main
 from search.export import pareto_front
 from smoothblock import Config
+from smoothblock.checkpoint import load_checkpoint, read_provenance
 
 from .conftest import fails_in_one_line
 from .search_fixtures import local_ray, tiny_checkpoint  # noqa: F401
@@ -104,8 +106,18 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     assert record["robust_acc"] == round(top.data.metrics["audited_robust_acc"], 4)
     assert record["audit"]["audited"] and record["audit"]["images"] == 12
     assert record["audit"]["obfuscated"] == (top.data.tags["obfuscated"] == "true")
+    # A post-hoc winner: the scored model itself (the trained weights with the defense), and a
+    # fine-tune of those weights with the defense in training too.
+    assert exported.init_from == str(tmp_path / "m.safetensors") and exported.defense_at == "both"
+    assert exported.epochs == 30 and exported.lr == 0.01
+    scored_cfg, scored = load_checkpoint(tmp_path / "best.safetensors")
+    assert (scored_cfg.method, scored_cfg.keep_prob, scored_cfg.defense_at) == (exported.method, exported.keep_prob, "test")
+    _, base_weights = load_checkpoint(tmp_path / "m.safetensors")
+    assert all(torch.equal(scored[k], base_weights[k]) for k in base_weights)
+    assert "defense_from" in read_provenance(tmp_path / "best.safetensors")
     assert main(["export", "posthoc-e2e", "--mlflow-uri", mlflow_server, "--top", "2", "-o", str(best)]) == 0
     assert (tmp_path / "best-1.yaml").is_file() and (tmp_path / "best-2.yaml").is_file()
+    assert (tmp_path / "best-2.safetensors").is_file()
     # What export writes is what training takes.
     assert main(["train", "--config", str(best), "--epochs", "1", "--batch_size", "16",
                  "--out_dir", str(tmp_path / "final"), "--quiet"]) == 0
