@@ -37,6 +37,9 @@ def add_search_commands(sub) -> None:
                         help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     search.add_argument("--storage", default=None,
                         help="results and checkpoints: a path every node sees, or s3://... (default ./ray_results)")
+    search.add_argument("--verbose", action="store_true",
+                        help="Ray Tune's per-trial tables, the workers' output and Ray's warnings, instead of one "
+                             "line per finished trial and a progress bar")
     search.set_defaults(handler=run_search)
 
     export = sub.add_parser("export", help="write a search's best configurations for smoothblock train --config")
@@ -67,13 +70,15 @@ def run_search(args: argparse.Namespace) -> int:
         given = (args.preset, args.config, args.data, *(getattr(args, name) for name in FLAGS))
         if any(value is not None for value in given):
             raise ConfigError("--resume NAME takes the search's own configuration; drop the other search options")
-        outcome = tuner.resume(args.resume, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
+        outcome = tuner.resume(args.resume, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage,
+                               verbose=args.verbose)
     else:
         from .config import compose
 
         preset = "posthoc" if args.preset is None and args.config is None else args.preset
         search = compose(preset, args.config, data=args.data, **{name: getattr(args, name) for name in FLAGS})
-        outcome = tuner.launch(search, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage)
+        outcome = tuner.launch(search, address=args.address, mlflow_uri=args.mlflow_uri, storage=args.storage,
+                               verbose=args.verbose)
     print_summary(outcome)
     return 0
 

@@ -23,6 +23,7 @@ from trainables import audit_defense, load_assets, posthoc_trial, training_trial
 from trainables.assets import SCHEDULER_METRIC, Assets, Recorded
 
 from . import tracking
+from .progress import TrialLines
 from .config import SearchConfig
 from .export import rank
 from .tracking import AUDIT_PREFIX, AUDITED
@@ -82,12 +83,19 @@ def _load_assets(search: SearchConfig) -> Assets:
                        search.attack_settings(), search.search_seed)
 
 
-def init_ray(address: str | None) -> None:
-    """Connect to the cluster at ``address`` ("auto" or HOST:PORT), else start a local Ray."""
+def init_ray(address: str | None, verbose: bool = False) -> None:
+    """Connect to the cluster at ``address`` ("auto" or HOST:PORT), else start a local Ray. Without
+    ``verbose``, the workers' output and Ray's warnings stay out of the terminal (trial errors are
+    still reported, and recorded in MLflow)."""
+    if not verbose:
+        for name in ("ray", "ray.tune"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+    # Tune's newer output prints its experiment table even at verbose 0; the older one is silent.
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     if ray.is_initialized():
         return
     if address is None:
-        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, log_to_driver=verbose)
         return
     if address != "auto":
         host, _, port = address.rpartition(":")
@@ -98,7 +106,7 @@ def init_ray(address: str | None) -> None:
         except OSError as exc:
             raise ConfigError(f"Ray cluster at {address} is unreachable: {exc.strerror or exc}") from None
     try:
-        ray.init(address=address, logging_level=logging.WARNING)
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=verbose)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise ConfigError(f"cannot connect to the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
 
@@ -180,8 +188,9 @@ def finish_baseline(search: SearchConfig, client, parent_id: str, task) -> dict[
 
 
 def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str | None = None,
-           storage: str | None = None) -> Outcome:
-    """Run a new search. Every input is checked before anything is created."""
+           storage: str | None = None, verbose: bool = False) -> Outcome:
+    """Run a new search. Every input is checked before anything is created. ``verbose``: Ray Tune's
+    own per-trial tables, the workers' output and Ray's warnings, instead of one line per trial."""
     name = search.name or f"{search.trainable}-{time.strftime('%Y%m%d-%H%M%S')}"
     search = search.replace(name=name)
     store = Storage.from_arg(storage)
@@ -194,7 +203,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     if existing is not None or store.exists(name):
         raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
     assets = _load_assets(search)
-    init_ray(address)
+    init_ray(address, verbose)
     concurrent = search.max_concurrent_trials or check_resources(search)
     # The configuration is written first: a driver killed from here on leaves a search --resume completes.
     search_yaml = search.to_yaml()
@@ -203,7 +212,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
         experiment_id, parent_id = tracking.start_search_run(client, name, search_yaml,
                                                              tracking.search_params(search), tracking.search_tags(search))
         _write_state_file(store, name, uri, experiment_id, parent_id)
-        tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent)
+        tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent, verbose=verbose)
     except BaseException:
         experiment = tracking.find_experiment(client, name)
         if experiment is not None:
@@ -215,7 +224,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
 
 
 def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = None,
-           storage: str | None = None) -> Outcome:
+           storage: str | None = None, verbose: bool = False) -> Outcome:
     """Finish an interrupted search: finished trials stay, interrupted ones go on from their checkpoints.
 
     Whenever the driver died, there is something to go on from: Ray's saved experiment state
@@ -247,7 +256,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     if not store.exists(name, STATE_FILE):
         _write_state_file(store, name, uri, experiment_id, parent_id)
     assets = _load_assets(search)
-    init_ray(address)
+    init_ray(address, verbose)
     concurrent = search.max_concurrent_trials or check_resources(search)
     recorded = tracking.recorded_results(client, experiment_id, parent_id)
     # Ray writes tuner.pkl before its first experiment state: a driver killed between the two leaves
@@ -269,7 +278,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         # values first (Optuna learns them again; each reports its recorded result), then goes on.
         redo = [*recorded.points, *(p for p in search.points_to_evaluate if p not in recorded.points)]
         tuner = _new_tuner(search.replace(points_to_evaluate=redo), assets, store, uri, experiment_id,
-                           parent_id, concurrent, recorded)
+                           parent_id, concurrent, recorded, verbose=verbose)
     baseline = start_baseline(search, assets, client, parent_id)
     return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
 
@@ -296,16 +305,19 @@ def _write_state_file(store: Storage, name: str, uri: str, experiment_id: str, p
 
 
 def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, experiment_id: str,
-               parent_id: str, concurrent: int, recorded: Recorded | None = None) -> tune.Tuner:
+               parent_id: str, concurrent: int, recorded: Recorded | None = None, *,
+               verbose: bool = False) -> tune.Tuner:
     return tune.Tuner(
         make_trainable(search, assets, recorded),
         tune_config=_tune_config(search, concurrent),
         run_config=tune.RunConfig(
-            name=search.name, storage_path=store.uri, verbose=1,
+            name=search.name, storage_path=store.uri, verbose=1 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search),
-                                            tracking.search_tags(search))]))
+                                            tracking.search_tags(search)),
+                       *([] if verbose else [TrialLines(assets.base, search.trials, search.metric,
+                                                        max_iterations(search))])]))
 
 
 def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:

@@ -56,8 +56,14 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     argv = ["search", "--config", _posthoc(tmp_path, image_folder), "--name", "posthoc-e2e",
             "--mlflow-uri", mlflow_server, "--storage", str(storage)]
     assert main(argv) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
     assert "search posthoc-e2e: 4 trials finished, 0 failed" in out and "robust_acc" in out
+    # One line per finished trial and the summary; Ray's boxed tables only with --verbose.
+    lines = [line for line in out.splitlines() if line.startswith("trial ")]
+    assert len(lines) == 4 and all("robust_acc" in line and "clean_acc" in line for line in lines), out
+    assert "╭" not in out + captured.err and "Trial status" not in out + captured.err
+    assert len(out.splitlines()) <= 4 + 20, out
     assert "undefended model on the same images" in out and "audit of the 2 finalists" in out
 
     client, parent, children = _runs(mlflow_server, "posthoc-e2e")
