@@ -22,7 +22,7 @@ from smoothblock.recipes import resolve_recipe
 from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
 from trainables.assets import SCHEDULER_METRIC, Assets, Recorded
 
-from . import tracking
+from . import plots, tracking
 from .progress import TrialLines
 from .config import SearchConfig
 from .export import rank
@@ -342,6 +342,10 @@ def _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder
         baseline = finish_baseline(search, client, parent_id, baseline_task)
         audit_finalists(search, assets, client, experiment_id, parent_id, rows)
         summarize(client, parent_id, search, rows)
+        try:
+            plots.log_search_plots(client, search, experiment_id, parent_id)
+        except Exception as exc:  # noqa: BLE001 - pictures are worth a warning, not the search
+            logging.getLogger(__name__).warning("the search's plots were not logged: %s", exc)
         status = "FINISHED"
     finally:
         tracking.close_interrupted(client, experiment_id, parent_id)

@@ -89,6 +89,12 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
         assert child.info.run_name == f"{cfg.method} p{cfg.positions[0]} b{cfg.block_size} k{cfg.keep_prob:.2f} x{cfg.ensemble}"
         assert child.data.tags["smoothblock.search"] == "posthoc-e2e" and child.data.tags["smoothblock.commit"]
     assert parent.data.tags["smoothblock.trainable"] == "posthoc"
+    # Optuna's plots of the study (PNG and HTML) and the robust/clean scatter on the parent run; an
+    # accuracy table on each child.
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.html",
+            "plots/tradeoff.png"} <= plots and len(plots) >= 5, plots
+    assert all("accuracy_by_attack.json" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
     assert len({c.data.params["keep_prob"] for c in children}) == 4  # Optuna proposed, not repeated
 
     # The same name again is refused; the first search is untouched.
