@@ -52,6 +52,14 @@ def add_search_commands(sub) -> None:
                         help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
     export.set_defaults(handler=run_export)
 
+    rep = sub.add_parser("report", help="a search's summary from MLflow: best trials, audit, Pareto front, "
+                                          "parameter importances")
+    rep.add_argument("name", help="the search's name")
+    rep.add_argument("-o", "--output", default=None, help="also write it as Markdown to this file")
+    rep.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
+                     help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    rep.set_defaults(handler=run_report)
+
     ui = sub.add_parser("ui", help="the MLflow UI for the tracking store in use, on 127.0.0.1")
     ui.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
                     help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
@@ -88,6 +96,15 @@ def run_export(args: argparse.Namespace) -> int:
 
     for path in export(args.name, args.output, top=args.top, pareto=args.pareto, mlflow_uri=args.mlflow_uri):
         print(f"wrote {path}")
+    return 0
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from .report import report
+
+    print(report(args.name, args.output, args.mlflow_uri), end="")
+    if args.output:
+        print(f"wrote {args.output}")
     return 0
 
 

@@ -143,6 +143,12 @@ def test_a_worker_node_killed_mid_trial_resumes_the_trial_from_its_checkpoint_on
     # (from scratch it would read 1 again at the step after the kill), and no epoch is logged twice.
     history = client.get_metric_history(run.info.run_id, "epoch")
     assert [(m.step, m.value) for m in history] == [(k, float(k)) for k in range(1, 5)]
+    # The report of a search that ran on the cluster, from MLflow alone.
+    report_md = tmp_path / "report.md"
+    assert main(["report", "nodes", "--mlflow-uri", mlflow_server, "-o", str(report_md)]) == 0
+    text = report_md.read_text()
+    assert "search nodes: 2 trials finished, 0 failed" in text
+    assert all(c.data.tags["ray.trial_id"] in text for c in children)
 
 
 def test_a_trial_that_raises_is_retried_then_failed_with_its_error_and_the_search_goes_on(

@@ -97,6 +97,14 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     assert all("accuracy_by_attack.json" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
     assert len({c.data.params["keep_prob"] for c in children}) == 4  # Optuna proposed, not repeated
 
+    # The report, from MLflow alone, says what the search printed when it ended.
+    report_md = tmp_path / "report.md"
+    assert main(["report", "posthoc-e2e", "--mlflow-uri", mlflow_server, "-o", str(report_md)]) == 0
+    reported = report_md.read_text()
+    for line in out.splitlines():
+        if line.startswith(("| ", "audit of", "undefended model", "search posthoc-e2e:")):
+            assert line in reported, line
+
     # The same name again is refused; the first search is untouched.
     fails_in_one_line(capsys, main, argv, "already exists")
 
