@@ -1,7 +1,9 @@
 """``smoothblock ui``: the MLflow UI for the store a search used, on 127.0.0.1 only."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +15,7 @@ import pytest
 
 from search.cli import main
 
-from .search_fixtures import free_port
+from .search_fixtures import free_port, local_ray  # noqa: F401
 
 pytestmark = pytest.mark.integration
 
@@ -125,3 +127,82 @@ def test_processes_opening_a_new_store_at_once_all_find_it(tmp_path):
              for _ in range(4)]
     outputs = [(p.wait(timeout=300), p.stdout.read()) for p in procs]
     assert all(rc == 0 for rc, _ in outputs), outputs
+
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+
+
+@pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                    reason="no chromium/chromedriver here (.ci/run installs Debian's)")
+def test_the_ui_shows_a_real_search_in_a_real_browser(tmp_path, image_folder, local_ray, capsys):
+    """A finished search, its store served by `smoothblock ui`, read in headless Chromium: the
+    experiment, the child runs by their defense, their parameters and metrics, the plots. The
+    compare view's screenshot goes to $SMOOTHBLOCK_SCREENSHOT when set (README's docs/mlflow-compare.png)."""
+    from mlflow import MlflowClient
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    from search import tracking
+
+    from .test_search import _posthoc
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert main(["search", "--config", _posthoc(tmp_path, image_folder), "--name", "browser-e2e",
+                 "--mlflow-uri", uri, "--storage", str(tmp_path / "results")]) == 0
+    capsys.readouterr()
+    client = MlflowClient(uri)
+    experiment = tracking.find_experiment(client, "browser-e2e")
+    parent = tracking.parent_run_id(client, experiment.experiment_id)
+    children = tracking.child_runs(client, experiment.experiment_id, parent)
+
+    port = free_port()
+    ui = subprocess.Popen([sys.executable, "-m", "search.cli", "ui", "--mlflow_uri", uri, "--port", str(port)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1600,1000"):
+        options.add_argument(argument)
+    browser = None
+    try:
+        _wait_for_health(ui, port)
+        browser = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+        base = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}"
+
+        def page_text(url: str, *expected: str) -> str:
+            browser.get(url)
+            deadline = time.time() + 60
+            while True:  # the UI is a single-page app: wait until it has drawn what is expected
+                text = browser.find_element("tag name", "body").text
+                if all(e in text for e in expected) or time.time() > deadline:
+                    return text
+                time.sleep(1)
+
+        names = [c.info.run_name for c in children]
+        text = page_text(base, "browser-e2e")
+        assert "browser-e2e" in text  # the experiment, its parent run listed
+        runs = json.dumps([c.info.run_id for c in children])
+        compare = f"http://127.0.0.1:{port}/#/compare-runs?runs={runs}&experiments=[\"{experiment.experiment_id}\"]"
+        text = page_text(compare, *names, "keep_prob", "Metrics")
+        for name in names:  # each trial by its defense
+            assert name in text
+        assert "keep_prob" in text and "block_size" in text  # parameters
+        # Metrics: the table draws its first rows only (alphabetically; audit_* come before robust_acc).
+        shown = [m for m in set().union(*(c.data.metrics for c in children)) if m in text.split()]
+        assert "Metrics" in text and len(shown) >= 3, shown
+        time.sleep(5)  # the parallel-coordinates plot draws after the tables
+        browser.save_screenshot(str(tmp_path / "compare.png"))
+        if os.environ.get("SMOOTHBLOCK_SCREENSHOT"):
+            browser.save_screenshot(os.environ["SMOOTHBLOCK_SCREENSHOT"])
+        text = page_text(f"{base}/runs/{parent}/artifacts", "plots")
+        assert "plots" in text and "search.yaml" in text
+        browser.find_element("xpath", "//*[normalize-space(text())='plots']").click()  # open the folder
+        deadline = time.time() + 60
+        while "tradeoff.png" not in (text := browser.find_element("tag name", "body").text) and time.time() < deadline:
+            time.sleep(1)
+        assert "tradeoff.png" in text and "optimization_history.png" in text
+    finally:
+        if browser is not None:
+            browser.quit()
+        ui.send_signal(signal.SIGTERM)
+        ui.wait(timeout=60)
+    assert (tmp_path / "compare.png").stat().st_size > 20_000
