@@ -150,6 +150,8 @@ def log_search_plots(client, search: SearchConfig, experiment_id: str, parent_id
     runs = tracking.child_runs(client, experiment_id, parent_id)
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # one warning per plot and parameter otherwise
+    # Categorical axes of numbers-as-strings (positions "1+2") are meant: not a warning per plot.
+    logging.getLogger("matplotlib.category").setLevel(logging.ERROR)
     try:
         return _log_plots(client, search, parent_id, runs)
     finally:
