@@ -24,6 +24,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _accuracy_axes(ax, xlabel: str, title: str) -> None:
+    """Labels, the 0-100% accuracy range, grid, legend and title of a one-panel figure."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(title, fontsize=10)
+
+
 def fgsm_curves(title: str, ours: Rows, thesis: dict[str, dict[str, float]], path: Path) -> Path:
     """One panel per row: accuracy (%) against FGSM eps (1/255, log scale); the thesis' curve dashed,
     ours under FGSM solid, the per-image worst case of the adaptive FGSM (transfer, EOT) dotted."""
@@ -71,12 +81,7 @@ def by_position(ours: Rows, positions: tuple[int, ...], path: Path) -> Path:
     if "none" in ours:
         ax.axhline(100 * ours["none"]["fgsm_8_acc"], color="k", ls="--", lw=1, label="no defense, FGSM 8")
     ax.set_xticks(positions)
-    ax.set_xlabel("position of the layer")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("FGSM 8/255 by position (thesis Figures 4.1-4.3)", fontsize=10)
+    _accuracy_axes(ax, "position of the layer", "FGSM 8/255 by position (thesis Figures 4.1-4.3)")
     return _save(fig, path)
 
 
@@ -94,12 +99,7 @@ def by_passes(ours: dict[int, dict[str, float]], thesis: dict[int, dict[str, flo
             label="ours, adaptive worst (8/255)")
     ax.set_xscale("log")
     ax.set_xticks(passes, [str(p) for p in passes])
-    ax.set_xlabel("passes in the self-ensemble")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title("Robust accuracy against the number of passes (thesis Figure 4.8)", fontsize=10)
+    _accuracy_axes(ax, "passes in the self-ensemble", "Robust accuracy against the number of passes (thesis Figure 4.8)")
     return _save(fig, path)
 
 
