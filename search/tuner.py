@@ -9,7 +9,7 @@ import socket
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import optuna
 import ray
@@ -188,9 +188,10 @@ def finish_baseline(search: SearchConfig, client, parent_id: str, task) -> dict[
 
 
 def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str | None = None,
-           storage: str | None = None, verbose: bool = False) -> Outcome:
+           storage: str | None = None, verbose: bool = False, callbacks: Sequence[tune.Callback] = ()) -> Outcome:
     """Run a new search. Every input is checked before anything is created. ``verbose``: Ray Tune's
-    own per-trial tables, the workers' output and Ray's warnings, instead of one line per trial."""
+    own per-trial tables, the workers' output and Ray's warnings, instead of one line per trial.
+    ``callbacks``: more Ray Tune callbacks, beside the search's MLflow logger."""
     name = search.name or f"{search.trainable}-{time.strftime('%Y%m%d-%H%M%S')}"
     search = search.replace(name=name)
     store = Storage.from_arg(storage)
@@ -212,7 +213,8 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
         experiment_id, parent_id = tracking.start_search_run(client, name, search_yaml,
                                                              tracking.search_params(search), tracking.search_tags(search))
         _write_state_file(store, name, uri, experiment_id, parent_id)
-        tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent, verbose=verbose)
+        tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent, verbose=verbose,
+                           callbacks=callbacks)
     except BaseException:
         experiment = tracking.find_experiment(client, name)
         if experiment is not None:
@@ -306,7 +308,7 @@ def _write_state_file(store: Storage, name: str, uri: str, experiment_id: str, p
 
 def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, experiment_id: str,
                parent_id: str, concurrent: int, recorded: Recorded | None = None, *,
-               verbose: bool = False) -> tune.Tuner:
+               verbose: bool = False, callbacks: Sequence[tune.Callback] = ()) -> tune.Tuner:
     return tune.Tuner(
         make_trainable(search, assets, recorded),
         tune_config=_tune_config(search, concurrent),
@@ -317,7 +319,7 @@ def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, e
             callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search),
                                             tracking.search_tags(search)),
                        *([] if verbose else [TrialLines(assets.base, search.trials, search.metric,
-                                                        max_iterations(search))])]))
+                                                        max_iterations(search))]), *callbacks]))
 
 
 def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:

@@ -172,8 +172,19 @@ def load_splits(data: str, *, val_size: int = 5000, split_seed: int = 0, subset:
     if need_test:
         test, _ = load_dataset(data, "test", cache_dir)
     else:
-        test = TensorDataset(full_train.images[:0], full_train.labels[:0])
+        # New empty tensors, not full_train.images[:0]: a view keeps (and pickles, when a search ships
+        # its assets to every worker) the whole training set's storage.
+        test = TensorDataset(full_train.images.new_empty((0, *full_train.images.shape[1:])),
+                             full_train.labels.new_empty((0,)))
     return Splits(full_train.take(train_idx), full_train.take(val_idx), test, classes)
+
+
+def fingerprint(dataset: TensorDataset) -> str:
+    """SHA-256 of the images and labels, in order: what identifies measured or crafted results of
+    these images (another copy of the data, or the same data in another order, is another key)."""
+    digest = hashlib.sha256(dataset.images.contiguous().cpu().numpy().tobytes())
+    digest.update(dataset.labels.contiguous().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def to_float(images: torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:

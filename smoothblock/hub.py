@@ -11,6 +11,7 @@ from .checkpoint import load_checkpoint, load_state_into
 from .config import Config
 from .defended import build_model, wrap_for_inference
 from .errors import CheckpointError, ConfigError
+from .models import CifarResNet
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 
@@ -73,7 +74,10 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
     Returns:
         An nn.Module in eval mode that maps images in [0, 1], (N, 3, 32, 32), to the logits of the
         defended model, ensemble included (for ensembles: log of the mean softmax), shape (N, K).
-        Its configuration is at ``model.smoothblock_config``.
+        Its configuration is at ``model.smoothblock_config``. It is for inference and attacks only:
+        the CIFAR ResNets come with their batch norms folded into the convolutions
+        (:meth:`~smoothblock.models.CifarResNet.fold_batchnorm`); to train, use
+        :func:`load_config_and_weights`.
     """
     cfg, model = load_config_and_weights(name_or_path, **overrides)
     return _for_inference(model, cfg, device)
@@ -89,6 +93,8 @@ def model_from_state(cfg: Config, state_dict: dict[str, torch.Tensor], *, device
 def _for_inference(model: nn.Module, cfg: Config, device: str | torch.device) -> nn.Module:
     # channels_last: attacks' forward and backward passes ran 1.35x faster on the CPU (ResNet20,
     # fp32, 2 threads: 565 -> 765 images/s under PGD), and training uses it already.
+    if isinstance(model, CifarResNet):
+        model.fold_batchnorm()
     wrapped = wrap_for_inference(model, cfg).to(device).to(memory_format=torch.channels_last).eval()
     wrapped.smoothblock_config = cfg
     return wrapped

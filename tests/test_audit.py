@@ -122,3 +122,34 @@ def test_a_posthoc_search_crafts_the_transfer_examples_once(image_folder, tmp_pa
         metrics = score(assets.base.replace(method="smoothblock", keep_prob=keep_prob), search, assets)
         assert metrics["images"] == 8 and 0 <= metrics["robust_acc"] <= metrics["transfer_acc"]
     assert len(calls) == crafted  # the trials scored the shared examples; none crafted its own
+
+
+def test_a_search_started_again_reads_its_transfer_examples_from_the_cache(image_folder, tmp_path, monkeypatch):
+    import pickle
+
+    import trainables.assets as assets_module
+    from search.config import SearchConfig
+
+    from .search_fixtures import tiny_checkpoint
+
+    model = str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder))
+    search = SearchConfig.from_dict({
+        "trainable": "posthoc", "model": model, "val_images": 8, "chunk_images": 4, "audit_images": 8,
+        "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False,
+                 "cache_dir": str(tmp_path / "cache")},
+        "space": {"keep_prob": {"low": 0.5, "high": 0.9}}})
+
+    def load(seed=0):
+        return assets_module.load_assets("posthoc", search.base, model, 8, search.attacks, search.attack_settings(), seed)
+
+    first = load()
+    assert len(list((tmp_path / "cache" / "transfer").glob("*.safetensors"))) == 1
+    crafted = []
+    original = assets_module.craft_transfer
+    monkeypatch.setattr(assets_module, "craft_transfer", lambda *a, **k: crafted.append(1) or original(*a, **k))
+    assert torch.equal(load().transfer, first.transfer) and not crafted  # read back, bit for bit
+    load(seed=1)
+    assert crafted == [1]  # another seed is another key: crafted again
+    # What every trial receives through the object store holds the 8 images it scores, not the data
+    # set behind them (a view of a tensor pickles its whole storage).
+    assert len(pickle.dumps(first)) < 2 * (first.splits.val.images.nbytes + first.transfer.nbytes) + 2**20

@@ -57,3 +57,26 @@ def test_insert_after_named_modules_of_a_torchvision_model():
     assert not torch.equal(model(x), model(x))
     with pytest.raises(ValueError, match="not a submodule"):
         insert_after(model, {"nope": lambda: SmoothBlock(3, 0.7)})
+
+
+def test_folding_the_batch_norms_keeps_the_function_and_its_gradients():
+    torch.manual_seed(0)
+    model = create_model("resnet20")
+    model.train()
+    for _ in range(3):  # batch statistics that are not the initial ones
+        model(torch.rand(64, 3, 32, 32))
+    model.eval()
+    folded = create_model("resnet20")
+    folded.load_state_dict(model.state_dict())
+    folded.fold_batchnorm()
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.rand(16, 3, 32, 32, requires_grad=True)
+    y = torch.randint(0, 10, (16,))
+    logits = model(x)
+    grad, = torch.autograd.grad(torch.nn.functional.cross_entropy(logits, y), x)
+    x2 = x.detach().clone().requires_grad_(True)
+    logits2 = folded(x2)
+    grad2, = torch.autograd.grad(torch.nn.functional.cross_entropy(logits2, y), x2)
+    torch.testing.assert_close(logits2, logits, rtol=1e-4, atol=1e-4)
+    assert (grad2 - grad).norm() / grad.norm() < 1e-4  # float rounding, not another gradient
+    assert not folded.training

@@ -6,18 +6,22 @@ where the search was launched.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import safetensors.torch
 import torch
+import torchattacks
 
 from smoothblock import Config
 from smoothblock.attacks import AttackSettings, get_attack
-from smoothblock.checkpoint import load_checkpoint
+from smoothblock.checkpoint import atomic_write, load_checkpoint
 from smoothblock.config import FIELD_NAMES
-from smoothblock.data import Splits, TensorDataset, iterate_batches, load_splits
+from smoothblock.data import Splits, TensorDataset, cache_root, fingerprint, iterate_batches, load_splits
 from smoothblock.hub import network_from_state, resolve
+from smoothblock.models import CifarResNet
 from smoothblock.train import resolve_device
 
 
@@ -131,12 +135,45 @@ def load_assets(trainable: str, base: Config, model: str | None, val_images: int
     splits = load_splits(base.data, val_size=base.val_size, split_seed=base.split_seed,
                          subset=base.subset if trainable == "train" else 0,
                          cache_dir=base.cache_dir, need_test=False)
-    splits = dataclasses.replace(splits, val=splits.val.take(slice(0, val_images)))
+    # An index copies: a slice would be a view that ships the whole validation split's storage.
+    splits = dataclasses.replace(splits, val=splits.val.take(torch.arange(min(val_images, len(splits.val)))))
     transfer = None
     if trainable == "posthoc" and "transfer" in attacks:
-        # The transfer entry switches off any SmoothBlock/DropBlock the trained network has.
-        transfer = craft_transfer(network, splits.val, settings, seed=seed, device=resolve_device(base.device))
+        transfer = cached_transfer(network, state_dict, splits.val, settings, seed=seed,
+                                   device=resolve_device(base.device), cache_dir=base.cache_dir)
     return Assets(base=base, splits=splits, state_dict=state_dict, model_config=model_config, transfer=transfer)
+
+
+#: Bump when a change to the transfer attack makes cached examples wrong.
+TRANSFER_FORMAT = 2
+
+
+def cached_transfer(network: torch.nn.Module, state_dict: dict[str, torch.Tensor], val: TensorDataset,
+                    settings: AttackSettings, *, seed: int, device: torch.device,
+                    cache_dir: str | None = None) -> torch.Tensor:
+    """:func:`craft_transfer`'s examples, kept in the cache folder (``<cache>/transfer/<key>.safetensors``)
+    under a key of the weights' and images' contents, the attack settings, the seed, the device type
+    and the versions: a search started again on the same model and images does not craft them again."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        digest.update(name.encode())
+        digest.update(state_dict[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    content = {"format": TRANSFER_FORMAT, "weights": digest.hexdigest(), "images": fingerprint(val),
+               "settings": dataclasses.asdict(settings), "seed": seed, "device": device.type,
+               "torch": torch.__version__, "torchattacks": torchattacks.__version__}
+    key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_root(cache_dir) / "transfer" / f"{key}.safetensors"
+    if path.is_file():
+        try:
+            return safetensors.torch.load_file(path)["transfer"]
+        except Exception:  # noqa: BLE001 - a damaged cache entry is crafted again, never trusted
+            pass
+    crafted = craft_transfer(network, val, settings, seed=seed, device=device)
+    try:
+        atomic_write(path, lambda tmp: safetensors.torch.save_file({"transfer": crafted.contiguous()}, tmp))
+    except OSError:  # a read-only cache costs the next search the crafting, nothing else
+        pass
+    return crafted
 
 
 def craft_transfer(network: torch.nn.Module, val: TensorDataset, settings: AttackSettings, *, seed: int,
@@ -144,7 +181,10 @@ def craft_transfer(network: torch.nn.Module, val: TensorDataset, settings: Attac
     """The transfer attack's examples for every image of ``val``, crafted on ``network`` (the
     trained weights) with the registry's ``transfer`` entry, which crafts with the defense off:
     (N, 3, H, W) float in [0, 1]."""
-    network = network.to(device).eval()
+    # Folded and channels_last, as the trials' models (smoothblock.hub): faster attacks on the CPU.
+    if isinstance(network, CifarResNet):
+        network.fold_batchnorm()
+    network = network.to(device, memory_format=torch.channels_last).eval()
     crafted = []
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint, read_provenance
-from ..data import load_dataset
+from ..data import fingerprint, load_dataset
 from ..errors import ConfigError
 from ..train import resolve_device
 from ..version import commit
@@ -24,7 +24,7 @@ from . import figures
 from . import plan as _plan
 from .plan import _SB, BASE, BUDGETS, EXPERIMENT_IDS, SMOOTHBLOCK, Budget, Row
 from .report import ADAPTIVE_NOTE, experiment_section, header, merged, summary
-from .runner import ModelFile, build_row_model, data_fingerprint, find_model, run_cell, train_model
+from .runner import ModelFile, build_row_model, find_model, run_cell, train_model
 from .thesis import THESIS
 
 __all__ = ["BUDGETS", "EXPERIMENT_IDS", "reproduce"]
@@ -109,7 +109,7 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
         models[name] = found
     dataset, classes = load_dataset(data, "test", cache_dir)
     cells_dir = budget_dir / "cells"
-    data_key = data_fingerprint(dataset, spec.images)
+    data_key = fingerprint(dataset.take(slice(0, spec.images)))
     figure_dir = out.parent / out.stem
     rel = f"{out.stem}"
     sections, texts = {}, {}

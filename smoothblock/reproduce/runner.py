@@ -82,16 +82,7 @@ def train_model(name: str, *, data: str, work_dir: Path, budget: Budget, device:
 
 
 #: Bump when a change to the attacks or to evaluate() makes earlier cells wrong.
-CELL_FORMAT = 3
-
-
-def data_fingerprint(dataset: TensorDataset, images: int) -> str:
-    """SHA-256 of the first ``images`` images and labels a cell scores (another copy of the data, or
-    the same data in another order, is another key)."""
-    subset = dataset.take(slice(0, images))
-    digest = hashlib.sha256(subset.images.contiguous().numpy().tobytes())
-    digest.update(subset.labels.contiguous().numpy().tobytes())
-    return digest.hexdigest()
+CELL_FORMAT = 4
 
 
 def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int, data: str) -> str:
@@ -116,7 +107,7 @@ def build_row_model(model: ModelFile, row: Row, device: str | torch.device) -> t
 def run_cell(model: ModelFile, row: Row, suite: str, *, budget: Budget, dataset: TensorDataset, data_key: str,
              cells_dir: Path, device: str | torch.device, seed: int, progress: bool) -> dict[str, Any]:
     """The record of one cell: read from ``cells_dir`` when measured before, else measured and saved.
-    ``data_key``: :func:`data_fingerprint` of ``dataset``."""
+    ``data_key``: :func:`smoothblock.data.fingerprint` of the images scored."""
     key = cell_key(model, row, suite, budget, seed, data_key)
     path = cells_dir / f"{key}.json"
     if path.is_file():

@@ -1,0 +1,222 @@
+"""What a search costs on top of its trials: N fixed post-hoc trials through the search against the
+same evaluations in a bare loop, the trial workers' peak memory, and the start-up, cold and warm.
+
+Protocol, in one run on a quiet machine:
+
+1. Points: N distinct defenses drawn (seed 0) from the ``posthoc`` preset's space, pinned with
+   ``points_to_evaluate`` so both arms score the same ones; the preset otherwise (shipped ResNet20,
+   ``val_images`` 500 in chunks of 100, the suite transfer + pgd + eot_pgd), ``scheduler: fifo``
+   (every trial scores every image, as the loop does), ``audit_top: 0`` (the audit is extra work
+   the loop would not do), ``workers`` trials at a time with ``cpus_per_trial`` 1.
+2. Search arm: ``search.tuner.launch`` on a local Ray, MLflow in a fresh sqlite store, timed from
+   the call to its return (Ray's start, the undefended baseline, the plots included).
+3. Loop arm: the same assets (``trainables.load_assets``), then the baseline and the N
+   evaluations (``trainables.posthoc.score``) in a pool of ``workers`` processes, one torch
+   thread each: what the search runs, with nothing around it.
+4. Both arms for N = 8 and N = 32, each arm once, loop first. ``overhead`` = search / loop;
+   the line through the two N gives the start-up (intercept) and per-trial (slope) costs of each.
+5. Memory: every 0.2 s, the resident memory of each trial worker (Ray's ``ray::`` worker
+   processes; the pool's processes in the loop); the peak per arm.
+6. Start-up: seconds from ``launch`` to the first trial's first result, with an empty data cache
+   (``cold``: decoding the JPEG folder, crafting the transfer examples) and again with it filled
+   (``warm``); ``ratio`` = warm / cold.
+
+Run: python benchmarks/bench_search.py --data DIR [--trials 8 32] [--json OUT]
+     python benchmarks/bench_search.py --smoke --data DIR   (2 trials on 8 images: it runs, no figures)
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import json
+import multiprocessing
+import os
+import platform
+import random
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from search.config import SearchConfig, compose  # first: it sets Ray's authentication mode
+from search.tuner import launch
+
+from ray import tune  # noqa: E402, I001
+
+MB = 2**20
+
+
+def draw_points(n: int, seed: int = 0) -> list[dict]:
+    """``n`` distinct defenses in the posthoc preset's space (every method, position and ensemble)."""
+    rng, points, seen = random.Random(seed), [], set()
+    while len(points) < n:
+        method = rng.choice(["smoothblock", "dropblock", "mixed"])
+        point = {"method": method, "positions": [rng.randint(1, 5)], "block_size": rng.randint(1, 7),
+                 "keep_prob": round(rng.uniform(0.5, 0.95), 2), "gamma": rng.choice(["calibrated", "thesis"]),
+                 "ensemble": rng.randint(1, 4)}
+        if method != "dropblock":
+            point["mean"] = rng.choice(["sample", "channel"])
+        if method == "mixed":
+            point["smooth_prob"] = round(rng.uniform(0, 1), 2)
+        key = json.dumps(point, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            points.append(point)
+    return points
+
+
+def configure(data: str, points: list[dict], images: int, workers: int, name: str, cache_dir: str,
+              val_size: int | None = None) -> SearchConfig:
+    search = compose("posthoc", data=data, trials=len(points), name=name, val_images=images, audit_images=images,
+                     chunk_images=min(100, images), scheduler="fifo", audit_top=0, max_concurrent_trials=workers)
+    # val_size: the smoke test's folder is smaller than the preset's validation split.
+    base = search.base.replace(cache_dir=cache_dir, val_size=val_size or search.base.val_size)
+    return search.replace(base=base, points_to_evaluate=tuple(points))
+
+
+class PeakMemory:
+    """The largest peak resident set (Linux's VmHWM) of any process ``select(pid, cmdline)`` picks,
+    read every ``every`` seconds from /proc (a process that exits keeps its last reading)."""
+
+    def __init__(self, select, every: float = 0.2) -> None:
+        self.select, self.every, self.peak = select, every, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for entry in Path("/proc").iterdir():
+                try:
+                    if entry.name.isdigit() and self.select(int(entry.name), (entry / "cmdline").read_bytes()):
+                        status = (entry / "status").read_text()
+                        kib = int(status.split("VmHWM:")[1].split()[0])
+                        self.peak = max(self.peak, kib * 1024)
+                except (OSError, IndexError, ValueError):  # gone meanwhile, or a kernel thread
+                    pass
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _ray_worker(pid: int, cmdline: bytes) -> bool:
+    # Ray names its worker processes ray::<what runs>; its own services are raylet, gcs_server, ...
+    return cmdline.startswith(b"ray::")
+
+
+class FirstResult(tune.Callback):
+    """When the first result of any trial reached the driver (time.perf_counter())."""
+
+    def __init__(self) -> None:
+        self.at: float | None = None
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.at = self.at or time.perf_counter()
+
+
+def search_arm(search: SearchConfig, root: Path) -> dict:
+    first = FirstResult()
+    with PeakMemory(_ray_worker) as memory:
+        started = time.perf_counter()
+        outcome = launch(search, mlflow_uri=f"sqlite:///{root / (search.name + '.db')}",
+                         storage=str(root / "ray_results"), callbacks=[first])
+        seconds = time.perf_counter() - started
+    done = [r for r in outcome.rows if r["status"] == "TERMINATED" and "robust_acc" in r]
+    if len(done) != search.trials:
+        raise SystemExit(f"bench_search: {search.trials - len(done)} of {search.trials} trials failed")
+    return {"seconds": round(seconds, 2), "first_result_s": round(first.at - started, 2),
+            "peak_worker_rss_mb": round(memory.peak / MB), "robust_acc": {_key(r): r["robust_acc"] for r in done}}
+
+
+_ASSETS = None
+
+
+def _init_worker(assets, threads: int) -> None:
+    global _ASSETS
+    import torch
+
+    torch.set_num_threads(threads)
+    _ASSETS = assets
+
+
+def _score(search: SearchConfig, point: dict | None) -> tuple[str, dict]:
+    from trainables.assets import trial_config
+    from trainables.posthoc import score
+
+    cfg = _ASSETS.base.replace(method="none") if point is None else trial_config(_ASSETS.base, point)
+    return ("baseline" if point is None else _key(point)), score(cfg, search, _ASSETS)
+
+
+def loop_arm(search: SearchConfig) -> dict:
+    from trainables import load_assets
+
+    children = set()
+    with PeakMemory(lambda pid, cmdline: pid in children) as memory:
+        started = time.perf_counter()
+        assets = load_assets("posthoc", search.base, search.model, search.audit_images, search.attacks,
+                             search.attack_settings(), search.search_seed)
+        workers = search.max_concurrent_trials
+        with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                         initializer=_init_worker,
+                                         initargs=(assets, max(1, int(search.cpus_per_trial)))) as pool:
+            jobs = [pool.submit(_score, search, None), *(pool.submit(_score, search, p) for p in search.points_to_evaluate)]
+            children.update(p.pid for p in pool._processes.values())
+            results = dict(job.result() for job in jobs)
+        seconds = time.perf_counter() - started
+    results.pop("baseline")
+    return {"seconds": round(seconds, 2), "peak_worker_rss_mb": round(memory.peak / MB),
+            "robust_acc": {k: v["robust_acc"] for k, v in results.items()}}
+
+
+def _key(row: dict) -> str:
+    """A point's identity in both arms: its searched values."""
+    names = ("method", "positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble")
+    return json.dumps({k: row[k] for k in names if k in row}, sort_keys=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", required=True, help="an ImageFolder copy of CIFAR-10 (train/, test/)")
+    parser.add_argument("--trials", type=int, nargs="+", default=[8, 32])
+    parser.add_argument("--images", type=int, default=500, help="validation images per trial")
+    parser.add_argument("--workers", type=int, default=2, help="trials at a time, in both arms")
+    parser.add_argument("--smoke", action="store_true", help="2 trials on 8 images: checks that it runs")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args()
+    val_size = None
+    if args.smoke:
+        args.trials, args.images, val_size = [2], 8, 100
+    report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "date": time.strftime("%Y-%m-%d"), "images": args.images, "workers": args.workers, "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        root, cache = Path(tmp), str(Path(tmp) / "cache")
+        for n in args.trials:
+            search = configure(args.data, draw_points(n), args.images, args.workers, f"bench-{n}", cache, val_size)
+            loop = loop_arm(search)  # first: it fills the data cache the search then reads, as it would
+            searched = search_arm(search, root)
+            report["runs"].append({"trials": n, "loop": loop, "search": searched,
+                                   "overhead": round(searched["seconds"] / loop["seconds"], 3)})
+            print(json.dumps(report["runs"][-1] | {"loop": loop["seconds"], "search": searched["seconds"]}), flush=True)
+        cold_search = configure(args.data, draw_points(1), args.images, args.workers, "bench-cold", cache + "-cold",
+                                val_size)
+        cold = search_arm(cold_search, root)["first_result_s"]
+        warm = search_arm(cold_search.replace(name="bench-warm"), root)["first_result_s"]
+        report["startup"] = {"cold_first_result_s": cold, "warm_first_result_s": warm, "ratio": round(warm / cold, 3)}
+    if len(report["runs"]) >= 2:
+        (a, b) = report["runs"][0], report["runs"][-1]
+        for arm in ("loop", "search"):
+            slope = (b[arm]["seconds"] - a[arm]["seconds"]) / (b["trials"] - a["trials"])
+            report[f"{arm}_per_trial_s"] = round(slope, 2)
+            report[f"{arm}_fixed_s"] = round(a[arm]["seconds"] - slope * a["trials"], 2)
+    print(json.dumps(report, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
