@@ -9,6 +9,7 @@ compiled mode compiles in it), then the modes alternate epoch by epoch within ea
 hits both; medians; ratio = median(eager) / median(compile).
 
 Run: python benchmarks/bench_epoch.py [--device cuda] [--images 45000] [--repeats 3] [--json OUT]
+     python benchmarks/bench_epoch.py --smoke   (256 images, eager only: it runs, no figures)
 """
 from __future__ import annotations
 
@@ -32,8 +33,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--images", type=int, default=45000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
+    parser.add_argument("--smoke", action="store_true", help="256 images, eager, one repeat: checks that it runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if args.smoke:  # torch.compile alone takes minutes on a CPU
+        args.images, args.repeats, args.modes = 256, 1, ["eager"]
     device = resolve_device(args.device)
     cfg = Config(method="none", recipe="fast", batch_size=128, lr=0.1, cutout=16, epochs=100, device=args.device)
     recipe, bf16 = resolve_recipe(cfg), use_bf16(cfg, device)
@@ -42,7 +47,7 @@ def main() -> None:
                          torch.randint(0, 10, (args.images,), generator=g)).to(device)
     splits = Splits(data, data.take(slice(0, 0)), data.take(slice(0, 0)), tuple(map(str, range(10))))
     runs = {}
-    for mode in ("eager", "compile"):
+    for mode in args.modes:
         torch.manual_seed(0)
         model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
         stepped = torch.compile(model) if mode == "compile" else model
@@ -68,7 +73,7 @@ def main() -> None:
         "device": str(device), "bf16": bf16, "images": args.images, "batch_size": recipe.batch_size,
         "repeats": args.repeats, "warmup_epoch_s": warmup, "epoch_s": times,
         "results": {m: {"epoch_s": s, "images_per_s": args.images / s} for m, s in medians.items()},
-        "speedup_compile": medians["eager"] / medians["compile"],
+        "speedup_compile": medians["eager"] / medians["compile"] if len(medians) == 2 else None,
     }, args.json)
 
 

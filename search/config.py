@@ -73,6 +73,13 @@ class SearchConfig(Settings):
     chunk_images: int = Field(100, ge=1, description="a posthoc trial scores its images in chunks of this many "
                                                      "and reports the running robust_acc after each; the "
                                                      "scheduler stops clearly worse trials early")
+    attack_rows: int | None = Field(None, ge=1, description=(
+        "rows (images x passes of the ensemble) through the network at once in a trial's and the audit's "
+        "attacks; null: 200 on a CPU (faster there than larger batches, and lighter), 8192 on a GPU (a "
+        "trial's images in one batch)"))
+    attack_bf16: bool = Field(False, description=(
+        "run the trials' and the audit's attacks under bfloat16 autocast (several times faster on a GPU); "
+        "the gradients then pass through bf16 activations: compare with float32 before trusting it"))
     scheduler: str = Field("asha", description="asha (Tune's ASHAScheduler over chunks or epochs) or fifo "
                                                "(every trial runs to the end)")
     eot_iter: int = Field(AttackSettings.eot_iter, ge=1, description="draws of the defense per EOT step")

@@ -15,11 +15,11 @@ from ray import tune
 
 from smoothblock.audit import audit
 from smoothblock.checkpoint import load_training_state
-from smoothblock.defended import build_model, wrap_for_inference
+from smoothblock.defended import Autocast, build_model, wrap_for_inference
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
-from .assets import Assets, Scoring, trial_config
+from .assets import Assets, Scoring, attack_batch, trial_config
 
 
 def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
@@ -44,7 +44,10 @@ def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
         network = build_model(cfg)
         network.load_state_dict(state["model"])
         model = wrap_for_inference(network, cfg).to(device).eval()
+    if search.attack_bf16:
+        model = Autocast(model, device.type)
     result = audit(model, assets.splits.val, suite=search.attacks, images=search.audit_images,
                    settings=search.attack_settings(), seed=search.search_seed, device=device,
-                   num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images))
+                   num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images),
+                   batch_size=attack_batch(cfg, search.attack_rows, device))
     return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks)}

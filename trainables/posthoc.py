@@ -15,10 +15,11 @@ from ray import tune
 from smoothblock import Config
 from smoothblock.attacks import ATTACKS
 from smoothblock.evaluation import evaluate
+from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
-from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, trial_config
+from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, attack_batch, trial_config
 
 #: Metrics that are counts, not fractions: summed over chunks, not averaged (an attack's limit
 #: is reported under the name of its AttackSettings field).
@@ -32,6 +33,8 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[
     device = resolve_device(cfg.device)
     torch.set_grad_enabled(True)
     model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
+    if search.attack_bf16:
+        model = Autocast(model, device.type)
     val = assets.splits.val
     total = min(search.val_images, len(val))
     sums: dict[str, float] = {}
@@ -40,6 +43,7 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[
         # Each chunk is seeded on its own, so a chunk's figures do not depend on the chunks before.
         metrics = evaluate(model, val.take(slice(start, stop)), attacks=search.attacks,
                            settings=search.attack_settings(), seed=search.search_seed + chunk, device=device,
+                           batch_size=attack_batch(cfg, search.attack_rows, device),
                            num_classes=cfg.num_classes, progress=False, cascade=True,
                            precomputed=assets.precomputed(start, stop))
         for key, value in metrics.items():
