@@ -153,3 +153,37 @@ def test_a_search_started_again_reads_its_transfer_examples_from_the_cache(image
     # What every trial receives through the object store holds the 8 images it scores, not the data
     # set behind them (a view of a tensor pickles its whole storage).
     assert len(pickle.dumps(first)) < 2 * (first.splits.val.images.nbytes + first.transfer.nbytes) + 2**20
+
+
+def test_an_attack_batch_holds_rows_so_an_ensemble_keeps_the_graph_of_one_pass():
+    from smoothblock import Config
+    from trainables.assets import attack_batch
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    four = Config(method="smoothblock", positions=[1], ensemble=4)
+    assert attack_batch(Config(method="none"), None, cpu) == 200
+    assert attack_batch(four, None, cpu) == 50 and attack_batch(four, None, gpu) == 2048
+    assert attack_batch(four.replace(defense_at="train"), None, cpu) == 200  # one pass at test time
+    assert attack_batch(four, 2, cpu) == 1
+
+
+def test_the_gpu_path_bf16_attacks_in_one_batch_runs_on_the_cpu(image_folder, tmp_path):
+    from search.config import SearchConfig
+    from smoothblock.defended import Autocast
+    from trainables.assets import load_assets
+    from trainables.posthoc import score
+
+    from .search_fixtures import tiny_checkpoint
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    logits = Autocast(model, "cpu")(torch.rand(2, 3, 2, 2))
+    assert logits.dtype == torch.float32
+    search = SearchConfig.from_dict({
+        "trainable": "posthoc", "model": str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder)),
+        "val_images": 8, "chunk_images": 8, "audit_images": 8, "attacks": ["pgd"], "attack_bf16": True,
+        "attack_rows": 8192,
+        "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False},
+        "space": {"keep_prob": {"low": 0.5, "high": 0.9}}})
+    assets = load_assets("posthoc", search.base, search.model, 8, search.attacks, search.attack_settings(), 0)
+    metrics = score(assets.base.replace(method="smoothblock", keep_prob=0.7), search, assets)
+    assert metrics["images"] == 8 and 0 <= metrics["robust_acc"] <= metrics["clean_acc"] <= 1

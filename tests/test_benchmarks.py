@@ -28,8 +28,9 @@ def run_benchmark(script: str, *args: str, env: dict[str, str] | None = None) ->
     ("bench_inference.py", ("--batch_size", "8", "--repeats", "1", "--ensemble_repeats", "1"), "smoothblock_pos1_vs_plain"),
     ("bench_training.py", ("--batch_size", "8", "--warmup", "1", "--repeats", "1"), "speedup_bf16"),
     ("bench_epoch.py", ("--smoke", "--device", "cpu"), "results"),
+    ("bench_driver.py", ("--smoke",), "mlflow_server_s_per_trial"),
 ])
-def test_a_torch_benchmark_runs(script, args, key):
+def test_a_benchmark_without_ray_runs(script, args, key):
     report = run_benchmark(script, *args)
     assert key in report or key in report.get("results", {})
 

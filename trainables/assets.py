@@ -5,7 +5,9 @@ where the search was launched.
 """
 from __future__ import annotations
 
+import ctypes
 import dataclasses
+import gc
 import hashlib
 import json
 from dataclasses import dataclass
@@ -67,6 +69,20 @@ def asha_score(metrics: dict[str, float]) -> float:
     one number for the scheduler. Most post-hoc defenses leave ~0% to an adaptive attacker, and
     ASHA stops a trial only when it is strictly below the rung's cutoff: on a tie at 0 it would stop none."""
     return metrics["robust_acc"] + metrics["clean_acc"] / 1000
+
+
+def release_memory() -> None:
+    """Give the memory a finished trial freed back to the system.
+
+    Tune runs each trial of a reused worker in a new thread, and glibc gives new threads their own
+    malloc arenas: what one trial freed stays in its arena as the next trial allocates in another,
+    so a worker grew by about 60 MB a trial (1.1 GB after one trial, 2.1 GB after 16).
+    ``malloc_trim`` returns the free pages of every arena; elsewhere than glibc it is a no-op."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def trial_config(base: Config, params: dict[str, Any]) -> Config:

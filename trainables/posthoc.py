@@ -19,7 +19,8 @@ from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
-from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, attack_batch, trial_config
+from .assets import (SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, attack_batch, release_memory,
+                     trial_config)
 
 #: Metrics that are counts, not fractions: summed over chunks, not averaged (an attack's limit
 #: is reported under the name of its AttackSettings field).
@@ -84,5 +85,8 @@ def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
     if done is not None:
         tune.report(done)
         return
-    for metrics in score_chunks(cfg, search, assets):
-        tune.report(metrics)
+    try:
+        for metrics in score_chunks(cfg, search, assets):
+            tune.report(metrics)
+    finally:
+        release_memory()
