@@ -43,11 +43,11 @@ def build_model(cfg: Config) -> nn.Module:
 class Autocast(nn.Module):
     """``model`` run under bfloat16 autocast, its logits returned in float32.
 
-    For attacks on a GPU, where bf16 convolutions are several times faster: autocast keeps the
-    softmax, the loss and the input gradient's accumulation in float32, but the attack's gradients
-    pass through bf16 activations. An attack that gets weaker this way would make a defense look
-    more robust than it is, so it is opt-in (``attack_bf16``) and compared with float32 in the
-    benchmarks before it is trusted on a device.
+    For attacks on a GPU, whose bf16 convolutions have a far higher peak than float32's: autocast
+    keeps the softmax and the loss in float32, but the attack's gradients pass through bf16
+    activations. An attack that gets weaker this way would make a defense look more robust than it
+    is, so it is opt-in (``attack_bf16``); compare a few trials with float32 before trusting it (this
+    repository has not measured the difference yet).
     """
 
     def __init__(self, model: nn.Module, device_type: str) -> None:
