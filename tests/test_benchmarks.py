@@ -53,3 +53,9 @@ def test_the_scheduler_benchmark_runs(small_folder, ray_home, tmp_path):
     report = run_benchmark("bench_scheduler.py", "--smoke", "--data", str(small_folder),
                            env={"SMOOTHBLOCK_CACHE": str(tmp_path)})
     assert [r["scheduler"] for r in report["results"]] == ["asha", "fifo"]
+
+
+def test_the_bf16_attack_benchmark_runs(small_folder, tmp_path):
+    report = run_benchmark("bench_attack_bf16.py", "--smoke", "--data", str(small_folder),
+                           env={"SMOOTHBLOCK_CACHE": str(tmp_path)})
+    assert {r["mode"] for r in report["rows"]} == {"float32", "bf16"} and report["images"] == 8
