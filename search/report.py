@@ -14,7 +14,7 @@ from smoothblock.errors import ConfigError
 from . import tracking
 from .config import SearchConfig
 from .export import AUDITED, pareto_front, rank
-from .tuner import BASELINE_PREFIX, Outcome
+from .outcome import BASELINE_PREFIX, Outcome
 
 SHOWN = ("method", "positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble",
          "defense_at", "adv_training")

@@ -8,7 +8,6 @@ import os
 import socket
 import time
 import warnings
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import optuna
@@ -26,6 +25,7 @@ from . import plots, tracking
 from .progress import TrialLines
 from .config import SearchConfig
 from .export import rank
+from .outcome import BASELINE_PREFIX, Outcome, summarize, trial_rows
 from .tracking import AUDIT_PREFIX, AUDITED
 from .storage import Storage
 
@@ -141,24 +141,6 @@ def _autoscaling_ceiling() -> dict[str, float]:
         return dict(state.get_max_resources_from_cluster_config() or {})
     except Exception:
         return {}
-
-
-@dataclass
-class Outcome:
-    """What a finished search leaves: its configuration, MLflow ids (``tracking_uri`` without
-    credentials), its results folder, one row per trial, and (posthoc) the undefended model's
-    scores on the same images."""
-
-    search: SearchConfig
-    tracking_uri: str
-    experiment_id: str
-    parent_run_id: str
-    folder: str
-    rows: list[dict[str, Any]]
-    baseline: dict[str, float] | None = None
-
-
-BASELINE_PREFIX = "undefended_"
 
 
 def start_baseline(search: SearchConfig, assets: Assets, client, parent_id: str):
@@ -360,23 +342,6 @@ def max_iterations(search: SearchConfig) -> int:
     return resolve_recipe(search.base).epochs if search.trainable == "train" else search.chunks
 
 
-def trial_rows(grid, last_iteration: int) -> list[dict[str, Any]]:
-    """One row per trial: its parameters, last metrics, status and whether the scheduler stopped
-    it before ``last_iteration`` (its figures then rest on fewer images or epochs)."""
-    rows = []
-    for result in grid:
-        metrics = result.metrics or {}
-        stopped = metrics.get("training_iteration", 0) < last_iteration
-        if tracking.STOPPED_METRIC in metrics:  # a recorded trial (resume) reported its result once
-            stopped = bool(metrics[tracking.STOPPED_METRIC])
-        row = {"trial_id": metrics.get("trial_id"), "status": "ERROR" if result.error else "TERMINATED",
-               **(result.config or {}), "checkpoint": result.checkpoint}
-        row.update({k: v for k, v in metrics.items() if k not in tracking.TUNE_KEYS})
-        row["stopped_early"] = stopped
-        rows.append(row)
-    return rows
-
-
 def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id: str, parent_id: str,
                     rows: list[dict[str, Any]]) -> None:
     """Audit the ``audit_top`` best feasible trials that ran to the end (:mod:`smoothblock.audit`), as Ray
@@ -408,20 +373,3 @@ def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id:
         row["obfuscated"] = bool(reasons)
         row["audit_reasons"] = reasons
         row["audit"] = metrics
-
-
-
-def summarize(client, parent_id: str, search: SearchConfig, rows: list[dict[str, Any]]) -> None:
-    """The parent run's summary: trial counts and the best trial's metrics."""
-    finished = [r for r in rows if r["status"] == "TERMINATED" and search.metric in r]
-    client.log_metric(parent_id, "trials_finished", len(finished))
-    client.log_metric(parent_id, "trials_failed", sum(r["status"] == "ERROR" for r in rows))
-    ranked = rank(finished, search.metric, search.min_clean_acc)
-    if ranked:
-        best = ranked[0]
-        for key in ("clean_acc", search.metric, "passes"):
-            client.log_metric(parent_id, f"best_{key}", float(best[key]))
-        if AUDITED in best:  # the figure the search stands behind: the audited one
-            client.log_metric(parent_id, f"best_{AUDITED}", float(best[AUDITED]))
-            client.set_tag(parent_id, "best_obfuscated", str(best["obfuscated"]).lower())
-        client.set_tag(parent_id, "best_trial_id", str(best["trial_id"]))
