@@ -22,8 +22,7 @@ from smoothblock.attacks import AttackSettings, get_attack
 from smoothblock.checkpoint import atomic_write, load_checkpoint
 from smoothblock.config import FIELD_NAMES
 from smoothblock.data import Splits, TensorDataset, cache_root, fingerprint, iterate_batches, load_splits
-from smoothblock.hub import network_from_state, resolve
-from smoothblock.models import CifarResNet
+from smoothblock.hub import network_from_state, prepare_network, resolve
 from smoothblock.train import resolve_device
 
 
@@ -211,10 +210,7 @@ def craft_transfer(network: torch.nn.Module, val: TensorDataset, settings: Attac
     """The transfer attack's examples for every image of ``val``, crafted on ``network`` (the
     trained weights) with the registry's ``transfer`` entry, which crafts with the defense off:
     (N, 3, H, W) float in [0, 1]."""
-    # Folded and channels_last, as the trials' models (smoothblock.hub): faster attacks on the CPU.
-    if isinstance(network, CifarResNet):
-        network.fold_batchnorm()
-    network = network.to(device, memory_format=torch.channels_last).eval()
+    network = prepare_network(network, device)  # as the trials' models: the same logits, faster
     crafted = []
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
         torch.manual_seed(seed)

@@ -15,7 +15,7 @@ from ray import tune
 
 from smoothblock.audit import audit
 from smoothblock.checkpoint import load_training_state
-from smoothblock.defended import Autocast, build_model, wrap_for_inference
+from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
@@ -40,10 +40,9 @@ def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
         model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
     else:
         with checkpoint.as_directory() as folder:
-            state = load_training_state(Path(folder) / "last.pt")
-        network = build_model(cfg)
-        network.load_state_dict(state["model"])
-        model = wrap_for_inference(network, cfg).to(device).eval()
+            path = Path(folder) / "last.pt"
+            state = load_training_state(path)
+        model = model_from_state(cfg, state["model"], device=device, source=str(path))
     if search.attack_bf16:
         model = Autocast(model, device.type)
     result = audit(model, assets.splits.val, suite=search.attacks, images=search.audit_images,
