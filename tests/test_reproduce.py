@@ -65,6 +65,9 @@ def test_smoke_budget_runs_the_whole_pipeline_and_resumes(image_folder, tmp_path
     cells = sorted((work / "smoke" / "cells").glob("*.json"))
     assert len(cells) >= 30
     record = json.loads(cells[0].read_text())
+    # The header totals the cells' own measuring times (each cell once, however many tables show it).
+    total = sum(json.loads(p.read_text())["seconds"] for p in cells)
+    assert f"its cells took {total / 60:.1f} min to measure" in text
     assert {"key", "model_sha256", "suite", "attacks", "settings", "metrics"} <= set(record)
     # A second run reads every cell back; a lost cell (a crash mid-cell) is measured again.
     stamps = {p: p.stat().st_mtime_ns for p in cells}

@@ -41,7 +41,8 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu} ({torch.get_num_threads()} threads{gpu}), torch {torch.__version__}"
+    n = torch.get_num_threads()
+    return f"{cpu} ({n} thread{'s' if n != 1 else ''}{gpu}), torch {torch.__version__}"
 
 
 def describe(model: ModelFile) -> dict[str, str]:
@@ -112,7 +113,7 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
     data_key = fingerprint(dataset.take(slice(0, spec.images)))
     figure_dir = out.parent / out.stem
     rel = f"{out.stem}"
-    sections, texts = {}, {}
+    sections, texts, cell_seconds = {}, {}, {}
     for exp_id in EXPERIMENT_IDS:
         if exp_id not in experiments:
             continue
@@ -127,11 +128,15 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
                                        cells_dir=cells_dir, device=dev, seed=seed, progress=progress)
                        for suite in row.suites}
             rows[row.label] = merged(records)
+            # A cell shared by two experiments counts once in the header's total, in each section's own.
+            cell_seconds.update({(exp_id, r["key"]): r["seconds"] for r in records.values()})
         sections[exp_id] = rows
         texts[exp_id] = experiment_section(experiment, rows, _figures(exp_id, rows, spec, figure_dir, rel),
-                                           time.perf_counter() - exp_started)
+                                           time.perf_counter() - exp_started,
+                                           sum(v for (e, _), v in cell_seconds.items() if e == exp_id))
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started,
+    measured = sum(dict((key, v) for (_, key), v in cell_seconds.items()).values())
+    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started, measured,
                    [describe(m) for m in models.values()])
     lines += ["What the thesis claims, what its own attacks measure here, and what an adaptive attacker leaves "
               "(percent):", ""] + summary(sections) + ["", ADAPTIVE_NOTE, ""]
