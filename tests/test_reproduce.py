@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from smoothblock.reproduce import BUDGETS, EXPERIMENT_IDS, reproduce
-from smoothblock.reproduce.plan import MODELS, Row, cell_settings, experiments, suite_attacks
+from smoothblock.reproduce.plan import MAX_ROWS, MODELS, Row, cell_batch_size, cell_settings, experiments, suite_attacks
 from smoothblock.reproduce.runner import recipe_path
 from smoothblock.reproduce.thesis import THESIS
 
@@ -36,6 +36,12 @@ def test_eot_draws_follow_the_randomness_and_the_passes():
     assert suite_attacks(budget, rows["plain"], "curve")[0] == ("fgsm",)
     assert suite_attacks(budget, rows["1 pass"], "curve")[0] == ("fgsm", "transfer_fgsm", "eot_fgsm")
     assert "eot_fgsm" not in suite_attacks(budget, rows["100 passes"], "curve")[0]
+
+
+def test_large_ensembles_cut_the_batch_so_a_gradient_holds_at_most_max_rows():
+    rows = {r.label: r for r in experiments(BUDGETS["cpu"])["4.8"].rows}
+    assert [cell_batch_size(rows[k]) for k in ("1 pass", "10 passes", "50 passes", "100 passes")] == [256, 256, 256, 128]
+    assert all(cell_batch_size(r) * r.passes <= max(MAX_ROWS, r.passes) for r in rows.values())
 
 
 def test_a_trained_model_tested_without_its_layer_is_deterministic():

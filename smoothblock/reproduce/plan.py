@@ -216,6 +216,20 @@ def cell_settings(budget: Budget, row: Row) -> AttackSettings:
     return dataclasses.replace(settings, eot_iter=draws, cw_images=cw_images)
 
 
+#: Images per batch, unless the ensemble makes that too many rows (below).
+BATCH_SIZE = 256
+#: A gradient through an n-pass ensemble holds n rows per image in memory (about 0.7 MB a row for
+#: ResNet20 on the CPU), so a batch is cut to keep batch x passes at most this: 50 passes keep 256
+#: images (about 9 GB), 100 passes take 128.
+MAX_ROWS = 12_800
+
+
+def cell_batch_size(row: Row) -> int:
+    """Images per batch in ``row``'s cells: :data:`BATCH_SIZE`, fewer where the ensemble would put
+    more than :data:`MAX_ROWS` rows through one gradient."""
+    return max(1, min(BATCH_SIZE, MAX_ROWS // row.passes))
+
+
 def suite_attacks(budget: Budget, row: Row, suite: str) -> tuple[tuple[str, ...], bool]:
     """(attacks, cascade) of ``suite`` on ``row`` under ``budget``."""
     attacks, cascade = SUITES[suite]

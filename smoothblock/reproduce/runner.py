@@ -24,7 +24,7 @@ from ..data import TensorDataset
 from ..errors import ConfigError
 from ..evaluation import evaluate
 from ..hub import WEIGHTS_DIR, apply_overrides, model_from_state
-from .plan import Budget, Row, cell_settings, suite_attacks
+from .plan import BATCH_SIZE, Budget, Row, cell_batch_size, cell_settings, suite_attacks
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,10 @@ def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int, 
                "suite": suite, "attacks": attacks, "cascade": cascade, "images": budget.images, "seed": seed,
                "settings": asdict(cell_settings(budget, row)), "torch": torch.__version__,
                "torchattacks": torchattacks.__version__}
+    if cell_batch_size(row) != BATCH_SIZE:
+        # The batch changes the draws; it enters the key only where it is not the batch every cell had
+        # before batches were cut for large ensembles, so that those cells keep their keys.
+        content["batch_size"] = cell_batch_size(row)
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -118,11 +122,11 @@ def run_cell(model: ModelFile, row: Row, suite: str, *, budget: Budget, dataset:
     started = time.perf_counter()
     torch.set_grad_enabled(True)
     metrics = evaluate(network, dataset, attacks=attacks, images=budget.images, cascade=cascade, settings=settings,
-                       seed=seed, device=device, num_classes=network.smoothblock_config.num_classes,
+                       batch_size=cell_batch_size(row), seed=seed, device=device, num_classes=network.smoothblock_config.num_classes,
                        progress=progress)
     record = {"key": key, "model": model.name, "model_sha256": model.sha256, "origin": model.origin,
               "label": row.label, "defense": dict(row.defense), "suite": suite, "attacks": list(attacks),
-              "cascade": cascade, "settings": asdict(settings), "seed": seed,
+              "cascade": cascade, "settings": asdict(settings), "batch_size": cell_batch_size(row), "seed": seed,
               "seconds": round(time.perf_counter() - started, 1), "metrics": metrics}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=list) + "\n",
                                                         encoding="utf-8"))
