@@ -86,11 +86,12 @@ def by_position(ours: Rows, positions: tuple[int, ...], path: Path) -> Path:
 
 
 def by_passes(ours: dict[int, dict[str, float]], thesis: dict[int, dict[str, float]], path: Path) -> Path:
-    """Figure 4.8's view: accuracy (%) against the number of passes (log scale): clean, PGD (thesis
-    dashed, ours solid) and the adaptive worst case at 8/255 (dotted)."""
+    """Figure 4.8's view: accuracy (%) against the number of passes (log scale): clean, PGD and C&W
+    where every row has it (thesis dashed, ours solid) and the adaptive worst case at 8/255 (dotted)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5), layout="constrained")
     passes = sorted(ours)
-    for key, colour, name in (("clean_acc", "C2", "clean"), ("pgd_acc", "C0", "PGD")):
+    lines = [("clean_acc", "C2", "clean"), ("pgd_acc", "C0", "PGD"), ("cw_acc", "C1", "C&W")]
+    for key, colour, name in [(k, c, n) for k, c, n in lines if all(k in ours[p] for p in passes)]:
         tp = sorted(p for p in thesis if key in thesis[p])
         if tp:
             ax.plot(tp, [thesis[p][key] for p in tp], f"{colour}--", marker="o", ms=3, label=f"thesis, {name}")
