@@ -218,9 +218,9 @@ def cell_settings(budget: Budget, row: Row) -> AttackSettings:
 
 #: Images per batch, unless the ensemble makes that too many rows (below).
 BATCH_SIZE = 256
-#: A gradient through an n-pass ensemble holds n rows per image in memory (about 0.7 MB a row for
-#: ResNet20 on the CPU), so a batch is cut to keep batch x passes at most this: 50 passes keep 256
-#: images (about 9 GB), 100 passes take 128.
+#: A gradient through an n-pass ensemble holds n rows per image in memory (about 0.8 MB a row for
+#: ResNet20 on the CPU: a 100-pass FGSM cell at 128 images peaked at 10.2 GB resident), so a batch is
+#: cut to keep batch x passes at most this: 50 passes keep 256 images, 100 passes take 128.
 MAX_ROWS = 12_800
 
 
