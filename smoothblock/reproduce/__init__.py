@@ -113,7 +113,8 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
     data_key = fingerprint(dataset.take(slice(0, spec.images)))
     figure_dir = out.parent / out.stem
     rel = f"{out.stem}"
-    sections, texts, cell_seconds = {}, {}, {}
+    sections, texts = {}, {}
+    measured: dict[str, float] = {}  # cell key -> its measuring seconds: a cell two tables share counts once
     for exp_id in EXPERIMENT_IDS:
         if exp_id not in experiments:
             continue
@@ -122,21 +123,19 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
             texts[exp_id] = _cams(models, dataset, classes, spec, figure_dir, rel, dev, seed)
             continue
         experiment = plan[exp_id]
-        rows = {}
+        rows, cells = {}, {}
         for row in experiment.rows:
             records = {suite: run_cell(models[row.model], row, suite, budget=spec, dataset=dataset, data_key=data_key,
                                        cells_dir=cells_dir, device=dev, seed=seed, progress=progress)
                        for suite in row.suites}
             rows[row.label] = merged(records)
-            # A cell shared by two experiments counts once in the header's total, in each section's own.
-            cell_seconds.update({(exp_id, r["key"]): r["seconds"] for r in records.values()})
+            cells.update({r["key"]: r["seconds"] for r in records.values()})
+        measured.update(cells)
         sections[exp_id] = rows
         texts[exp_id] = experiment_section(experiment, rows, _figures(exp_id, rows, spec, figure_dir, rel),
-                                           time.perf_counter() - exp_started,
-                                           sum(v for (e, _), v in cell_seconds.items() if e == exp_id))
+                                           time.perf_counter() - exp_started, sum(cells.values()))
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    measured = sum(dict((key, v) for (_, key), v in cell_seconds.items()).values())
-    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started, measured,
+    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started, sum(measured.values()),
                    [describe(m) for m in models.values()])
     lines += ["What the thesis claims, what its own attacks measure here, and what an adaptive attacker leaves "
               "(percent):", ""] + summary(sections) + ["", ADAPTIVE_NOTE, ""]

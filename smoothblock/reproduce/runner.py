@@ -94,10 +94,11 @@ def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int, 
                "suite": suite, "attacks": attacks, "cascade": cascade, "images": budget.images, "seed": seed,
                "settings": asdict(cell_settings(budget, row)), "torch": torch.__version__,
                "torchattacks": torchattacks.__version__}
-    if cell_batch_size(row) != BATCH_SIZE:
+    batch = cell_batch_size(row)
+    if batch != BATCH_SIZE:
         # The batch changes the draws; it enters the key only where it is not the batch every cell had
         # before batches were cut for large ensembles, so that those cells keep their keys.
-        content["batch_size"] = cell_batch_size(row)
+        content["batch_size"] = batch
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -117,16 +118,16 @@ def run_cell(model: ModelFile, row: Row, suite: str, *, budget: Budget, dataset:
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     attacks, cascade = suite_attacks(budget, row, suite)
-    settings = cell_settings(budget, row)
+    settings, batch = cell_settings(budget, row), cell_batch_size(row)
     network = build_row_model(model, row, device)
     started = time.perf_counter()
     torch.set_grad_enabled(True)
     metrics = evaluate(network, dataset, attacks=attacks, images=budget.images, cascade=cascade, settings=settings,
-                       batch_size=cell_batch_size(row), seed=seed, device=device, num_classes=network.smoothblock_config.num_classes,
-                       progress=progress)
+                       batch_size=batch, seed=seed, device=device,
+                       num_classes=network.smoothblock_config.num_classes, progress=progress)
     record = {"key": key, "model": model.name, "model_sha256": model.sha256, "origin": model.origin,
               "label": row.label, "defense": dict(row.defense), "suite": suite, "attacks": list(attacks),
-              "cascade": cascade, "settings": asdict(settings), "batch_size": cell_batch_size(row), "seed": seed,
+              "cascade": cascade, "settings": asdict(settings), "batch_size": batch, "seed": seed,
               "seconds": round(time.perf_counter() - started, 1), "metrics": metrics}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=list) + "\n",
                                                         encoding="utf-8"))
