@@ -35,7 +35,7 @@ from pathlib import Path
 
 from search import compose  # first: it sets Ray's authentication mode
 from search.tracking import TrialLogger, connect, start_search_run
-from search.tuner import make_searcher
+from search.searcher import make_searcher
 
 BANDS = (50, 200, 500, 1000, 2000)
 

@@ -14,7 +14,6 @@ import optuna
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
@@ -23,6 +22,7 @@ from trainables.assets import SCHEDULER_METRIC, Assets, Recorded
 
 from . import plots, tracking
 from .progress import TrialLines
+from .searcher import make_searcher
 from .config import SearchConfig
 from .export import rank
 from .outcome import BASELINE_PREFIX, Outcome, summarize, trial_rows
@@ -36,38 +36,6 @@ warnings.filterwarnings("ignore", message="The reported value is ignored because
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation notes
 SEARCH_FILE = "smoothblock-search.yaml"   # the search's configuration, for --resume and export
 STATE_FILE = "smoothblock-search.json"    # where its MLflow records live
-
-
-class ConstrainedOptunaSearch(OptunaSearch):
-    """OptunaSearch that gives Optuna ``min_clean_acc`` as a constraint (feasible when <= 0).
-
-    TPE and NSGA-II then prefer feasible trials; the objective itself is left untouched.
-    """
-
-    def __init__(self, *args: Any, min_clean_acc: float | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.min_clean_acc = min_clean_acc
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if self.min_clean_acc is not None and ot_trial is not None and result and "clean_acc" in result:
-            ot_trial.set_constraint("min_clean_acc", self.min_clean_acc - float(result["clean_acc"]))
-        super().on_trial_complete(trial_id, result=result, error=error)
-
-
-def make_searcher(search: SearchConfig) -> OptunaSearch:
-    """Optuna inside Tune: seeded TPE, or NSGA-II for the multi-objective Pareto search."""
-    if search.multi_objective:
-        sampler = optuna.samplers.NSGAIISampler(seed=search.search_seed, population_size=max(4, min(50, search.trials // 4)))
-    else:
-        # A third of a small budget explores at random before TPE models the rest.
-        sampler = optuna.samplers.TPESampler(seed=search.search_seed, n_startup_trials=max(4, min(10, search.trials // 3)))
-    metrics, modes = zip(*search.objectives)
-    return ConstrainedOptunaSearch(
-        space=search.space.define_by_run(search.base), sampler=sampler,
-        points_to_evaluate=[search.space.encode_point(p, search.base) for p in search.points_to_evaluate] or None,
-        metric=list(metrics) if search.multi_objective else metrics[0],
-        mode=list(modes) if search.multi_objective else modes[0], min_clean_acc=search.min_clean_acc)
 
 
 def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | None = None):
