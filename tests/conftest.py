@@ -25,6 +25,26 @@ integration = pytest.mark.integration
 SERVICE_FIXTURES = {"mlflow_server", "ray_home", "local_ray"}
 
 
+def torch_build_line() -> str:
+    """One line: which torch build the tests run on and on what device (the session header)."""
+    if torch.version.cuda:
+        build = f"CUDA {torch.version.cuda} build"
+    elif getattr(torch.version, "hip", None):
+        build = f"ROCm {torch.version.hip} build"
+    else:
+        build = "CPU build"
+    if torch.cuda.is_available():
+        device = f"device cuda ({torch.cuda.get_device_name(0)})"
+    else:
+        device = "device cpu" + (" (no GPU: README's CPU note installs the CPU build, without the CUDA libraries)"
+                                 if torch.version.cuda else "")
+    return f"torch {torch.__version__}, {build}, {device}"
+
+
+def pytest_report_header(config):
+    return torch_build_line()
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())):
