@@ -150,6 +150,11 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     images = int(row["images"]) if "images" in row else int(params.get("val_images", 0))
     out: dict[str, Any] = {"robust_acc": round(float(row.get(AUDITED, row[METRIC])), 4),
                            "clean_acc": round(float(row["clean_acc"]), 4)}
+    for name in ("robust_gain", "clean_cost"):  # over the undefended base, on the search's images
+        if name in row:
+            out[name] = {"estimate": round(float(row[name]), 4), "low": round(float(row[f"{name}_low"]), 4),
+                         "high": round(float(row[f"{name}_high"]), 4), "images": images,
+                         "interval": "95%, paired (Newcombe's hybrid score, smoothblock.stats)"}
     draws = {"search_seed": int(params.get("search_seed", params.get("seed", 0))), "eot_iter": int(params.get("eot_iter", 0)),
              "eot_steps": int(params.get("eot_steps", 0))}
     search = {"split": "validation", "images": images, **draws, "attacks": json.loads(params.get("attacks", "[]")),

@@ -25,7 +25,9 @@ def summary_table(rows: list[dict[str, Any]], metric: str, limit: int = 5) -> st
     rows = rows[:limit]
     params = [p for p in SHOWN if any(p in r for r in rows)]
     audited = any(AUDITED in r for r in rows)
-    header = ["trial", *params, "clean_acc", metric, *(["audited", "obfuscated"] if audited else []), "passes"]
+    gained = [g for g in GAINS if any(g in r for r in rows)]
+    header = ["trial", *params, "clean_acc", metric, *(f"{g} (95% CI)" for g in gained),
+              *(["audited", "obfuscated"] if audited else []), "passes"]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for row in rows:
         cells = [str(row.get("trial_id", ""))]
@@ -34,11 +36,23 @@ def summary_table(rows: list[dict[str, Any]], metric: str, limit: int = 5) -> st
             cells.append(f"{value:.3f}" if isinstance(value, float) else
                          json.dumps(value) if isinstance(value, list) else str(value))
         cells += [f"{row['clean_acc']:.4f}", f"{row[metric]:.4f}" + (" (stopped)" if row.get("stopped_early") else "")]
+        cells += [interval(row, g) for g in gained]
         if audited:
             cells += [f"{row[AUDITED]:.4f}", "yes" if row["obfuscated"] else "no"] if AUDITED in row else ["", ""]
         cells.append(str(row["passes"]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+#: A trial's paired comparisons with the undefended base (trainables.baseline), each with its interval.
+GAINS = ("robust_gain", "clean_cost")
+
+
+def interval(row: dict[str, Any], name: str) -> str:
+    """``+0.0120 (-0.0040..+0.0280)``: a row's ``name`` and its ``name_low``..``name_high``."""
+    if name not in row:
+        return ""
+    return f"{row[name]:+.4f} ({row[f'{name}_low']:+.4f}..{row[f'{name}_high']:+.4f})"
 
 
 def summary_lines(outcome: Outcome) -> list[str]:

@@ -72,6 +72,14 @@ def log_params(client: MlflowClient, run_id: str, params: dict[str, str]) -> Non
         client.log_batch(run_id, params=items[i:i + 100])
 
 
+def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float], step: int = 0) -> None:
+    """``values`` on the run in one request (at most 1,000 metrics, MLflow's batch limit)."""
+    now = int(time.time() * 1000)
+    items = [Metric(k, float(v), now, step) for k, v in values.items()]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i:i + 1000])
+
+
 def find_experiment(client: MlflowClient, name: str):
     experiment = client.get_experiment_by_name(name)
     return experiment if experiment is not None and experiment.lifecycle_stage == "active" else None

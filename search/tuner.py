@@ -1,6 +1,7 @@
 """Launch and resume a search: Ray Tune runs the trials, Optuna proposes them, MLflow records them."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -111,30 +112,27 @@ def _autoscaling_ceiling() -> dict[str, float]:
         return {}
 
 
-def start_baseline(search: SearchConfig, assets: Assets, client, parent_id: str):
-    """A posthoc search's reference point, as a Ray task beside the trials: the trained model
-    without defense under the same attacks, images and seeds. None when there is no trained model
-    or the parent run already holds it (a resumed search)."""
-    if search.trainable != "posthoc":
-        return None
-    logged = client.get_run(parent_id).data.metrics
-    if f"{BASELINE_PREFIX}{search.metric}" in logged:
-        return None
+def score_baseline(search: SearchConfig, assets: Assets) -> Assets:
+    """A posthoc search's reference point, scored before its trials as a Ray task (on a GPU worker
+    where the trials run on one): the trained model without defense under the same attacks, images
+    and seeds, read from the cache when scored so before. The assets come back holding it, so every
+    trial reports its gain over it; the parent run gets its figures (``undefended_clean_acc``, ...)."""
+    if search.trainable != "posthoc" or assets.state_dict is None:
+        return assets
     task = ray.remote(undefended_score).options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
-    return task.remote(search, assets)
+    baseline = ray.get(task.remote(search, assets))
+    return dataclasses.replace(assets, baseline=baseline)
 
 
-def finish_baseline(search: SearchConfig, client, parent_id: str, task) -> dict[str, float] | None:
-    """Log the baseline task's scores on the parent run (``undefended_clean_acc``, ...); return
-    what the parent run holds."""
-    if task is not None:
-        scores = ray.get(task)
-        for key, value in scores.items():
-            if key.endswith(("_acc", "_broke")):
-                client.log_metric(parent_id, f"{BASELINE_PREFIX}{key}", float(value))
+def log_baseline(client, parent_id: str, assets: Assets) -> dict[str, float] | None:
+    """The base's figures on the parent run (``undefended_clean_acc``, ...); what it holds."""
+    if assets.baseline is None:
+        return None
     logged = client.get_run(parent_id).data.metrics
-    found = {k[len(BASELINE_PREFIX):]: v for k, v in logged.items() if k.startswith(BASELINE_PREFIX)}
-    return found or None
+    values = {f"{BASELINE_PREFIX}{k}": float(v) for k, v in assets.baseline.metrics.items()
+              if k.endswith(("_acc", "_broke")) and f"{BASELINE_PREFIX}{k}" not in logged}
+    tracking.log_metrics(client, parent_id, values)
+    return dict(assets.baseline.metrics)
 
 
 def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str | None = None,
@@ -156,6 +154,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     assets = _load_assets(search)
     init_ray(address, verbose)
     concurrent = search.max_concurrent_trials or check_resources(search)
+    assets = score_baseline(search, assets)
     # The configuration is written first: a driver killed from here on leaves a search --resume completes.
     search_yaml = search.to_yaml()
     store.write_text(name, SEARCH_FILE, search_yaml)
@@ -163,6 +162,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
         experiment_id, parent_id = tracking.start_search_run(client, name, search_yaml,
                                                              tracking.search_params(search), tracking.search_tags(search))
         _write_state_file(store, name, uri, experiment_id, parent_id)
+        baseline = log_baseline(client, parent_id, assets)
         tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent, verbose=verbose,
                            callbacks=callbacks)
     except BaseException:
@@ -171,7 +171,6 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
             client.delete_experiment(experiment.experiment_id)
         store.remove(name)
         raise
-    baseline = start_baseline(search, assets, client, parent_id)
     return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, store.folder(name), baseline)
 
 
@@ -210,6 +209,8 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     assets = _load_assets(search)
     init_ray(address, verbose)
     concurrent = search.max_concurrent_trials or check_resources(search)
+    assets = score_baseline(search, assets)
+    baseline = log_baseline(client, parent_id, assets)
     recorded = tracking.recorded_results(client, experiment_id, parent_id)
     # Ray writes tuner.pkl before its first experiment state: a driver killed between the two leaves
     # a folder Tuner.restore accepts but cannot resume (it fails to restore the run state, then
@@ -231,7 +232,6 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         redo = [*recorded.points, *(p for p in search.points_to_evaluate if p not in recorded.points)]
         tuner = _new_tuner(search.replace(points_to_evaluate=redo), assets, store, uri, experiment_id,
                            parent_id, concurrent, recorded, verbose=verbose)
-    baseline = start_baseline(search, assets, client, parent_id)
     return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
 
 
@@ -286,12 +286,11 @@ def _tune_config(search: SearchConfig, concurrent: int) -> tune.TuneConfig:
                            max_concurrent_trials=concurrent, reuse_actors=True)
 
 
-def _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline_task) -> Outcome:
+def _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline) -> Outcome:
     status = "FAILED"
     try:
         grid = tuner.fit()
         rows = trial_rows(grid, max_iterations(search))
-        baseline = finish_baseline(search, client, parent_id, baseline_task)
         audit_finalists(search, assets, client, experiment_id, parent_id, rows)
         summarize(client, parent_id, search, rows)
         try:

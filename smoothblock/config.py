@@ -219,7 +219,7 @@ def _lists(values: dict[str, Any]) -> dict[str, Any]:
 
 
 #: Top-level keys of a configuration file that record results (``smoothblock export`` writes them).
-RECORD_KEYS = ("robust_acc", "clean_acc", "audit")
+RECORD_KEYS = ("robust_acc", "clean_acc", "robust_gain", "clean_cost", "audit")
 FIELD_NAMES = tuple(Config.model_fields)
 __all__ = ["Config", "ModelSpec", "DataSpec", "TrainSpec", "RunSpec", "FIELD_NAMES", "METHODS", "DEFENSE_AT",
            "RECIPES", "ADV_TRAINING"]

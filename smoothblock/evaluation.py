@@ -13,7 +13,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
              images: int | None = None, batch_size: int = 256, settings: AttackSettings = AttackSettings(),
              seed: int = 0, device: str | torch.device = "cpu", num_classes: int = 10,
              progress: bool = True, cascade: bool = False,
-             precomputed: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+             precomputed: dict[str, torch.Tensor] | None = None,
+             outcomes: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Clean accuracy, the accuracy under each attack and ``robust_acc``, the per-image worst case.
 
     An image counts towards ``robust_acc`` only if it is classified correctly clean and after every
@@ -35,6 +36,9 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
             ``images`` images, used instead of crafting them (a search crafts the transfer examples once).
         seed: seeds the defense's draws, the attacks' random starts and the C&W targets, inside a
             forked RNG so the caller's random state is untouched.
+        outcomes: a dict to fill with the per-image results that paired comparisons need (a defense
+            and its base on the same images, :mod:`smoothblock.stats`): ``clean`` (images,) bool and
+            ``robust`` (robust_images,) bool, on the CPU.
 
     Returns:
         ``{"clean_acc", "<attack>_acc" (per-eps attacks: "<attack>_<eps>_acc") or "<attack>_broke",
@@ -56,6 +60,7 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
     model = model.to(device).eval()
     correct: dict[str, int] = {}
     counted: dict[str, int] = {}
+    per_image: dict[str, list[torch.Tensor]] = {"clean": [], "robust": []}
     target_gen = torch.Generator().manual_seed(seed)
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -102,6 +107,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
                     _count(correct, counted, f"{entry.name}_broke", broke)
                 robust[rows] &= survived
             _count(correct, counted, "robust_acc", robust[: max(0, robust_limit - seen)])
+            per_image["clean"].append(clean.cpu())
+            per_image["robust"].append(robust[: max(0, robust_limit - seen)].cpu())
             for e, left in eps_robust.items():
                 _count(correct, counted, f"worst_fgsm_{e}_acc", left)
             seen += len(labels)
@@ -111,6 +118,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
     for entry in entries:
         if entry.limit:
             metrics[entry.limit] = min(limits[entry.name], len(subset))
+    if outcomes is not None:
+        outcomes.update({k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in per_image.items()})
     return metrics
 
 

@@ -65,6 +65,7 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     assert "╭" not in out + captured.err and "Trial status" not in out + captured.err
     assert len(out.splitlines()) <= 4 + 20, out
     assert "undefended model on the same images" in out and "audit of the 2 finalists" in out
+    assert "robust_gain (95% CI)" in out and "clean_cost (95% CI)" in out
 
     client, parent, children = _runs(mlflow_server, "posthoc-e2e")
     assert parent.info.status == "FINISHED" and parent.data.params["attacks"] == '["transfer", "pgd", "eot_pgd"]'
@@ -82,6 +83,11 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
         assert metrics["images"] == (4 if "smoothblock.stopped_early" in child.data.tags else 8)
         assert len(client.get_metric_history(child.info.run_id, "robust_acc")) == metrics["images"] // 4
         assert metrics["passes"] == int(params["ensemble"])
+        # Its gain over the undefended base on the same images, with the paired interval.
+        assert metrics["robust_gain"] == pytest.approx(metrics["robust_acc"] - undefended["undefended_robust_acc"]) \
+            if metrics["images"] == 8 else True
+        assert metrics["robust_gain_low"] <= metrics["robust_gain"] <= metrics["robust_gain_high"]
+        assert metrics["clean_cost_low"] <= metrics["clean_cost"] <= metrics["clean_cost_high"]
         artifact = client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id))
         cfg = Config.load(artifact)
         assert cfg.keep_prob == float(params["keep_prob"]) and cfg.data == str(image_folder)

@@ -25,6 +25,8 @@ from smoothblock.data import Splits, TensorDataset, cache_root, fingerprint, ite
 from smoothblock.hub import network_from_state, prepare_network, resolve
 from smoothblock.train import resolve_device
 
+from .baseline import Baseline, weights_digest
+
 
 class Scoring(Protocol):
     """What a trial reads from the search's configuration (``search.config.SearchConfig`` is one;
@@ -135,6 +137,8 @@ class Assets:
             validation images, (N, 3, H, W) in [0, 1]. They depend only on the weights and the
             images (the defense is off while they are crafted), so the driver crafts them once and
             every trial, the baseline and the audit score the same ones.
+        baseline: posthoc: the undefended base's figures on the same images, scored once before
+            the trials (:mod:`trainables.baseline`); each trial reports its gain over them.
     """
 
     base: Config
@@ -142,6 +146,7 @@ class Assets:
     state_dict: dict[str, torch.Tensor] | None = None
     model_config: Config | None = None
     transfer: torch.Tensor | None = None
+    baseline: Baseline | None = None
 
     def precomputed(self, start: int = 0, stop: int | None = None) -> dict[str, torch.Tensor] | None:
         """The shared adversarial examples of validation images ``start:stop``, for ``evaluate``."""
@@ -183,11 +188,7 @@ def cached_transfer(network: torch.nn.Module, state_dict: dict[str, torch.Tensor
     """:func:`craft_transfer`'s examples, kept in the cache folder (``<cache>/transfer/<key>.safetensors``)
     under a key of the weights' and images' contents, the attack settings, the seed, the device type
     and the versions: a search started again on the same model and images does not craft them again."""
-    digest = hashlib.sha256()
-    for name in sorted(state_dict):
-        digest.update(name.encode())
-        digest.update(state_dict[name].detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    content = {"format": TRANSFER_FORMAT, "weights": digest.hexdigest(), "images": fingerprint(val),
+    content = {"format": TRANSFER_FORMAT, "weights": weights_digest(state_dict), "images": fingerprint(val),
                "settings": dataclasses.asdict(settings), "seed": seed, "device": device.type,
                "torch": torch.__version__, "torchattacks": torchattacks.__version__}
     key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]

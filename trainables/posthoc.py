@@ -7,6 +7,7 @@ has seen them all: multi-fidelity over images.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Iterator
 
 import torch
@@ -19,6 +20,7 @@ from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
 
+from .baseline import Baseline, baseline_key, gains, load_cached, store_cached
 from .assets import (SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, attack_batch, release_memory,
                      trial_config)
 
@@ -27,10 +29,14 @@ from .assets import (SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, at
 COUNTS = ("images", "robust_images", *sorted({a.limit for a in ATTACKS.values() if a.limit}))
 
 
-def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[str, float]]:
+def score_chunks(cfg: Config, search: Scoring, assets: Assets,
+                 outcomes: dict[str, torch.Tensor] | None = None) -> Iterator[dict[str, float]]:
     """``cfg``'s defense in the assets' trained model, scored chunk by chunk on the first
     ``val_images`` validation images; yields the running metrics after each chunk: ``clean_acc``,
-    ``robust_acc``, each attack's ``<name>_acc`` or ``<name>_broke``, ``images`` (so far), ``passes``."""
+    ``robust_acc``, each attack's ``<name>_acc`` or ``<name>_broke``, ``images`` (so far), ``passes``
+    and, where the assets hold the base's figures, the gain over it with its intervals
+    (:func:`trainables.baseline.gains`). ``outcomes``: filled with the per-image ``clean`` and
+    ``robust`` outcomes so far, as :func:`smoothblock.evaluation.evaluate` gives them."""
     device = resolve_device(cfg.device)
     torch.set_grad_enabled(True)
     model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
@@ -39,32 +45,56 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets) -> Iterator[dict[
     val = assets.splits.val
     total = min(search.val_images, len(val))
     sums: dict[str, float] = {}
+    per_image: dict[str, list[torch.Tensor]] = {"clean": [], "robust": []}
     for chunk, start in enumerate(range(0, total, search.chunk_images)):
         stop = min(total, start + search.chunk_images)
+        chunk_outcomes: dict[str, torch.Tensor] = {}
         # Each chunk is seeded on its own, so a chunk's figures do not depend on the chunks before.
         metrics = evaluate(model, val.take(slice(start, stop)), attacks=search.attacks,
                            settings=search.attack_settings(), seed=search.search_seed + chunk, device=device,
                            batch_size=attack_batch(cfg, search.attack_rows, device),
                            num_classes=cfg.num_classes, progress=False, cascade=True,
-                           precomputed=assets.precomputed(start, stop))
+                           precomputed=assets.precomputed(start, stop), outcomes=chunk_outcomes)
+        for key in per_image:
+            per_image[key].append(chunk_outcomes[key])
+        so_far = {k: torch.cat(v) for k, v in per_image.items()}
+        if outcomes is not None:
+            outcomes.update(so_far)
         for key, value in metrics.items():
             sums[key] = sums.get(key, 0.0) + (value if key in COUNTS else value * metrics["images"])
         running = {k: (v if k in COUNTS else v / sums["images"]) for k, v in sums.items()}
         running["passes"] = cfg.passes
         running[SCHEDULER_METRIC] = asha_score(running)
+        running.update(gains(so_far["clean"], so_far["robust"], assets.baseline))
         yield running
 
 
-def score(cfg: Config, search: Scoring, assets: Assets) -> dict[str, float]:
+def score(cfg: Config, search: Scoring, assets: Assets,
+          outcomes: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """The final metrics of :func:`score_chunks` (all ``val_images`` images)."""
-    for metrics in score_chunks(cfg, search, assets):
+    for metrics in score_chunks(cfg, search, assets, outcomes):
         pass
     return metrics
 
 
-def undefended_score(search: Scoring, assets: Assets) -> dict[str, float]:
-    """The reference every trial is compared with: the same model, images, attacks and seeds, no defense."""
-    return score(assets.base.replace(method="none"), search, assets)
+def undefended_score(search: Scoring, assets: Assets) -> Baseline:
+    """The reference every trial is compared with: the same model, images, attacks and seeds, no
+    defense; read from the cache folder when the same base was scored the same way before."""
+    cfg = assets.base.replace(method="none")
+    device = resolve_device(cfg.device)
+    scoring = {"attacks": list(search.attacks), "settings": dataclasses.asdict(search.attack_settings()),
+               "seed": search.search_seed, "val_images": search.val_images, "chunk_images": search.chunk_images,
+               "rows": attack_batch(cfg, search.attack_rows, device), "bf16": search.attack_bf16}
+    val = assets.splits.val.take(slice(0, min(search.val_images, len(assets.splits.val))))
+    key = baseline_key(assets.state_dict, val, scoring, device.type)
+    cached = load_cached(key, cfg.cache_dir)
+    if cached is not None:
+        return cached
+    outcomes: dict[str, torch.Tensor] = {}
+    metrics = score(cfg, search, dataclasses.replace(assets, baseline=None), outcomes)
+    baseline = Baseline({k: float(v) for k, v in metrics.items()}, outcomes["clean"], outcomes["robust"])
+    store_cached(key, cfg.cache_dir, baseline)
+    return baseline
 
 
 def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
