@@ -12,7 +12,8 @@ an attack is one :func:`register` call.
   FGSM, whose per-eps worst case with ``fgsm`` is ``worst_fgsm_<eps>_acc``.
 * ``pgd``: L-inf PGD (Madry et al. 2018), eps 8/255, alpha 2/255, 7 steps, random start (thesis).
 * ``eot_pgd``: PGD whose gradient is averaged over ``eot_iter`` draws of the defense's randomness
-  (Athalye et al. 2018), ``eot_steps`` steps.
+  (Athalye et al. 2018), ``eot_steps`` steps. Every EOT attack draws once from a model with nothing
+  random at test time, and batches its draws (:mod:`smoothblock.eot`).
 * ``apgd``: APGD-CE (Croce & Hein 2020) with ``eot_iter`` draws per gradient.
 * ``autoattack_rand``: AutoAttack's version for randomised defenses: APGD-CE then APGD-DLR (on the
   images the first left), ``aa_eot_iter`` (20) draws per gradient, ``aa_steps`` (10) steps each.
@@ -41,6 +42,7 @@ import torchattacks
 from torch import nn
 
 from .cw import cw_l2_targeted, predict, random_targets
+from .eot import eot_draws, eot_gradient, eot_pgd
 from .layers import RandomBlockLayer
 
 FGSM_EPS = (1, 2, 4, 8, 16, 32)
@@ -193,6 +195,12 @@ def _transfer(model: nn.Module, s: AttackSettings) -> Crafter:
     return craft
 
 
+def _eot_pgd(model: nn.Module, s: AttackSettings, draws: int) -> Crafter:
+    """EOT-PGD (:func:`smoothblock.eot.eot_pgd`: torchattacks' EOTPGD, its draws batched)."""
+    return lambda images, labels: eot_pgd(model, images, labels, eps=s.pgd_eps, alpha=s.pgd_alpha,
+                                          steps=s.eot_steps, draws=draws)
+
+
 def _best_loss(apgd: torchattacks.APGD, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     # APGD's forward returns the clean image of every image no single draw misclassified during the
     # run, which a fresh draw then scores as robust: against a randomised model the attack would
@@ -202,8 +210,8 @@ def _best_loss(apgd: torchattacks.APGD, images: torch.Tensor, labels: torch.Tens
 
 
 def _apgd(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
-    apgd = torchattacks.APGD(model, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=s.eot_iter, loss="ce", seed=seed,
-                             n_restarts=1)
+    apgd = torchattacks.APGD(model, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=eot_draws(model, s.eot_iter),
+                             loss="ce", seed=seed, n_restarts=1)
     return lambda images, labels: _best_loss(apgd, images, labels)
 
 
@@ -211,8 +219,8 @@ def _autoattack_rand(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
     """AutoAttack's version for randomised defenses (Croce & Hein 2020): APGD-CE, then APGD-DLR on
     the images the first left, each with ``aa_eot_iter`` draws per gradient; torchattacks' APGD,
     returning the highest-loss iterate of every image."""
-    ce, dlr = (torchattacks.APGD(model, eps=s.pgd_eps, steps=s.aa_steps, eot_iter=s.aa_eot_iter, loss=loss, seed=seed,
-                                 n_restarts=1) for loss in ("ce", "dlr"))
+    ce, dlr = (torchattacks.APGD(model, eps=s.pgd_eps, steps=s.aa_steps, eot_iter=eot_draws(model, s.aa_eot_iter),
+                                 loss=loss, seed=seed, n_restarts=1) for loss in ("ce", "dlr"))
 
     def craft(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         adv = _best_loss(ce, images, labels)
@@ -225,7 +233,8 @@ def _autoattack_rand(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
 
 def _fgsm_family(model: nn.Module, s: AttackSettings, name: str, draws: int, off: bool) -> dict[str, Crafter]:
     """FGSM at each eps from one gradient at the clean image: the sum of ``draws`` draws' gradients
-    (EOT), with every random layer switched off when ``off`` (transfer). FGSM has no random start,
+    (EOT, batched; one draw where nothing is random), with every random layer switched off when
+    ``off`` (transfer). FGSM has no random start,
     so the gradient is the same for every eps: it is computed once per batch and reused."""
     cache: dict[str, torch.Tensor] = {}
 
@@ -233,12 +242,8 @@ def _fgsm_family(model: nn.Module, s: AttackSettings, name: str, draws: int, off
         if cache and cache["x"].shape == images.shape and torch.equal(cache["x"], images) \
                 and torch.equal(cache["y"], labels):
             return cache["g"]
-        x = images.clone().detach().requires_grad_(True)
-        total = torch.zeros_like(x)
         with defense_off(model) if off else contextlib.nullcontext():
-            for _ in range(draws):
-                loss = torch.nn.functional.cross_entropy(model(x), labels)
-                total += torch.autograd.grad(loss, x)[0]
+            total = eot_gradient(model, images, labels, eot_draws(model, draws))
         cache.update(x=images.clone(), y=labels.clone(), g=total)
         return total
 
@@ -272,8 +277,7 @@ register(Attack(
     cost=lambda s: s.transfer_steps))
 register(Attack(
     "eot_pgd", "PGD on the gradient averaged over eot_iter draws, eot_steps steps", "EOT-PGD", limit="eot_images",
-    build=lambda m, s, k, seed: {"eot_pgd_acc": torchattacks.EOTPGD(
-        m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=s.eot_iter, random_start=True)},
+    build=lambda m, s, k, seed: {"eot_pgd_acc": _eot_pgd(m, s, s.eot_iter)},
     cost=lambda s: s.eot_steps * s.eot_iter))
 register(Attack(
     "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_images",
@@ -301,6 +305,5 @@ register(Attack(
 register(Attack(
     "eot_pgd_x2", "eot_pgd with twice eot_iter draws (the audit's check that EOT has converged)", "EOT-PGD x2",
     limit="eot_images",
-    build=lambda m, s, k, seed: {"eot_pgd_x2_acc": torchattacks.EOTPGD(
-        m, eps=s.pgd_eps, alpha=s.pgd_alpha, steps=s.eot_steps, eot_iter=2 * s.eot_iter, random_start=True)},
+    build=lambda m, s, k, seed: {"eot_pgd_x2_acc": _eot_pgd(m, s, 2 * s.eot_iter)},
     cost=lambda s: 2 * s.eot_steps * s.eot_iter))

@@ -1,0 +1,133 @@
+"""Expectation over Transformation (Athalye et al. 2018), batched, and only where there is randomness.
+
+An EOT attack follows the gradient of the loss averaged over draws of the defense's randomness.
+Computed as torchattacks does it, that is ``draws`` full forward and backward passes one after
+another. Here:
+
+* a model with no active random layer (an undefended base, or a defense that is off at test time)
+  gets one draw: all draws of a deterministic model are the same pass;
+* the draws go through the model as one batch (draw-major: row ``d * N + i`` is draw ``d`` of image
+  ``i``), with the deterministic prefix (the stages before the first active random layer) computed
+  once per step, as :class:`smoothblock.ensemble.SelfEnsemble` does for its passes. A
+  self-ensemble of ``k`` passes is drawn ``draws x k`` times in the same batch.
+
+The draws are independent whichever way they are batched, so the gradient is the same estimate;
+with a single random layer and torch's CPU generator the batch consumes the random stream as the
+loop does, so the two give the same gradient to float tolerance (``tests/test_eot.py``).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .defended import Autocast
+from .ensemble import SelfEnsemble, _split_stages
+from .layers import RandomBlockLayer
+
+#: At most this many rows (images x draws x passes) go through the model at once: a CPU keeps
+#: small batches in its caches, and a draw's activations are held until the backward pass.
+EOT_ROWS = {"cpu": 2048, "cuda": 65536}
+
+
+def is_random(model: nn.Module) -> bool:
+    """Whether a forward pass of ``model`` in its current mode draws anything."""
+    return any(isinstance(m, RandomBlockLayer) and m.active for m in model.modules())
+
+
+def eot_draws(model: nn.Module, draws: int) -> int:
+    """``draws`` for a random model, one for a deterministic one."""
+    return draws if is_random(model) else 1
+
+
+def _unwrap(model: nn.Module) -> tuple[nn.Module, SelfEnsemble | None, str | None]:
+    """(the network, its self-ensemble or None, the autocast device type or None)."""
+    autocast = None
+    if isinstance(model, Autocast):
+        autocast, model = model.device_type, model.model
+    ensemble = model if isinstance(model, SelfEnsemble) else None
+    return (model.model if ensemble else model), ensemble, autocast
+
+
+def draw_logits(model: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
+    """``draws`` independent passes of the whole defended ``model`` over ``x``, batched.
+
+    Args:
+        model: the defended model (a network, its :class:`SelfEnsemble`, either under Autocast).
+        x: images (N, C, H, W) in [0, 1].
+    Returns:
+        (draws, N, K): each draw's output, as ``model(x)`` gives it (logits; a self-ensemble's
+        log-probabilities).
+    """
+    network, ensemble, autocast = _unwrap(model)
+    passes = ensemble.ensemble if ensemble else 1
+    split = _split_stages(network)
+    if split is None:  # not a staged network: the draws one after another
+        return torch.stack([model(x) for _ in range(draws)])
+    prefix, suffix = split
+    with torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
+        h = x
+        for module in prefix:
+            h = module(h)
+        n = x.shape[0]
+        if suffix:
+            h = h.repeat(draws * passes, *([1] * (h.dim() - 1)))
+            for module in suffix:
+                h = module(h)
+            out = h.float().view(draws, passes, n, -1)
+        else:  # nothing random is active: every draw and pass is the same
+            out = h.float().view(1, 1, n, -1).expand(draws, passes, n, -1)
+    if ensemble is None:
+        return out[:, 0]
+    # A self-ensemble's output: log of the mean of its passes' softmax, per draw.
+    return torch.logsumexp(torch.log_softmax(out, dim=-1), dim=1) - math.log(passes)
+
+
+def eot_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws: int,
+                 max_rows: int | None = None) -> torch.Tensor:
+    """The gradient at ``x`` of the cross-entropy summed over ``draws`` draws (each a batch mean):
+    torchattacks' EOT gradient. Chunks of draws keep at most ``max_rows`` rows in one graph.
+
+    Args:
+        x: (N, C, H, W) images in [0, 1]; labels: (N,).
+    Returns:
+        (N, C, H, W), the summed gradient.
+    """
+    _, ensemble, _ = _unwrap(model)
+    passes = ensemble.ensemble if ensemble else 1
+    rows = max_rows or EOT_ROWS.get(x.device.type, EOT_ROWS["cpu"])
+    per_chunk = max(1, rows // max(1, x.shape[0] * passes))
+    x = x.detach().requires_grad_(True)
+    total = torch.zeros_like(x)
+    for start in range(0, draws, per_chunk):
+        k = min(per_chunk, draws - start)
+        logits = draw_logits(model, x, k)
+        loss = sum(F.cross_entropy(logits[d], labels) for d in range(k))
+        total += torch.autograd.grad(loss, x)[0]
+    return total
+
+
+def eot_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float,
+            steps: int, draws: int, random_start: bool = True) -> torch.Tensor:
+    """L-inf PGD on the EOT gradient, as torchattacks' EOTPGD (uniform random start in the ball,
+    signed steps of ``alpha``, projection), with :func:`eot_gradient`'s batched draws and one draw
+    on a deterministic model.
+
+    Args:
+        images: (N, C, H, W) in [0, 1]; labels: (N,).
+    Returns:
+        (N, C, H, W) adversarial images within ``eps`` (L-inf) of ``images``, in [0, 1].
+    """
+    draws = eot_draws(model, draws)
+    images = images.detach()
+    adv = images.clone()
+    if random_start:
+        adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
+    for _ in range(steps):
+        grad = eot_gradient(model, adv, labels, draws)
+        adv = adv.detach() + alpha * grad.sign()
+        adv = (images + (adv - images).clamp(-eps, eps)).clamp(0, 1).detach()
+    return adv
