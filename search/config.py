@@ -91,7 +91,9 @@ class SearchConfig(Settings):
                                                      "passes (forward passes per image) with NSGA-II instead")
     # The audit of the finalists (smoothblock.audit), when the trials end.
     audit_top: int = Field(3, ge=0, description="how many of the best trials are audited (0: none)")
-    audit_images: int = Field(500, ge=1, description="the audit's validation images (at least val_images)")
+    audit_images: int = Field(1000, ge=1, description=(
+        "fresh validation images the finalists and the undefended base are audited on: the ones after the "
+        "search's val_images, which no trial saw, so the winner's figure is not selected on its own images"))
     # How it runs.
     name: str | None = Field(None, description="the search's name (MLflow experiment, results folder); "
                                                "null: the preset and the time")
@@ -162,8 +164,9 @@ class SearchConfig(Settings):
         if self.val_images > self.base.val_size:
             raise ValueError(f"val_images ({self.val_images}) is more than the validation split holds "
                              f"(base.val_size {self.base.val_size})")
-        if self.audit_images < self.val_images:
-            raise ValueError(f"audit_images ({self.audit_images}) must be at least val_images ({self.val_images})")
+        if self.val_images + self.audit_images > self.base.val_size:
+            raise ValueError(f"val_images ({self.val_images}) and the fresh audit_images ({self.audit_images}) "
+                             f"are more than the validation split holds (base.val_size {self.base.val_size})")
         try:
             self.space.check(self.base)
             for point in self.points_to_evaluate:
@@ -182,8 +185,9 @@ class SearchConfig(Settings):
     def attack_settings(self) -> AttackSettings:
         """The attacks' parameters for every trial, the baseline and the audit: every image of a
         trial (and of the audit) gets every attack."""
+        images = max(self.val_images, self.audit_images)
         return AttackSettings(eot_iter=self.eot_iter, eot_steps=self.eot_steps, fgsm_eps=self.fgsm_eps,
-                              eot_images=self.audit_images, cw_images=self.audit_images)
+                              eot_images=images, cw_images=images)
 
     @property
     def chunks(self) -> int:

@@ -33,7 +33,7 @@ from smoothblock.hub import resolve
 
 from . import tracking
 from .config import METRIC
-from .tracking import AUDITED
+from .tracking import AUDIT_PREFIX, AUDITED
 
 
 #: A post-hoc winner's fine-tune: epochs and the peak learning rate (the recipe's is 0.1).
@@ -150,10 +150,16 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     images = int(row["images"]) if "images" in row else int(params.get("val_images", 0))
     out: dict[str, Any] = {"robust_acc": round(float(row.get(AUDITED, row[METRIC])), 4),
                            "clean_acc": round(float(row["clean_acc"]), 4)}
-    for name in ("robust_gain", "clean_cost"):  # over the undefended base, on the search's images
-        if name in row:
-            out[name] = {"estimate": round(float(row[name]), 4), "low": round(float(row[f"{name}_low"]), 4),
-                         "high": round(float(row[f"{name}_high"]), 4), "images": images,
+    # The gain over the undefended base: on the audit's fresh images for an audited finalist, else
+    # on the search's own images.
+    fresh = AUDITED in row and f"{AUDIT_PREFIX}robust_gain" in row
+    prefix, counted = (AUDIT_PREFIX, int(row.get(f"{AUDIT_PREFIX}images", 0))) if fresh else ("", images)
+    for name in ("robust_gain", "clean_cost"):
+        if f"{prefix}{name}" in row:
+            out[name] = {"estimate": round(float(row[f"{prefix}{name}"]), 4),
+                         "low": round(float(row[f"{prefix}{name}_low"]), 4),
+                         "high": round(float(row[f"{prefix}{name}_high"]), 4), "images": counted,
+                         "split": "validation, fresh images (the audit's)" if fresh else "validation (the search's)",
                          "interval": "95%, paired (Newcombe's hybrid score, smoothblock.stats)"}
     draws = {"search_seed": int(params.get("search_seed", params.get("seed", 0))), "eot_iter": int(params.get("eot_iter", 0)),
              "eot_steps": int(params.get("eot_steps", 0))}

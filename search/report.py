@@ -70,9 +70,11 @@ def summary_lines(outcome: Outcome) -> list[str]:
         audited = [r for r in rank(finished, search.metric, search.min_clean_acc) if AUDITED in r]
         if audited:
             lines.append(f"audit of the {len(audited)} finalist{'s' if len(audited) > 1 else ''} "
-                         f"({search.audit_images} validation images; AutoAttack-rand, Square, EOT-PGD with twice "
-                         "the draws, PGD at eps 1):")
+                         f"({search.audit_images} fresh validation images, which no trial saw; AutoAttack-rand, "
+                         "Square, EOT-PGD with twice the draws, PGD at eps 1):")
             lines += ["  " + audit_line(row, search.metric) for row in audited]
+            if "robust_gain" in audited[0]["audit"]:
+                lines.append(verdict(audited[0]))
     if outcome.baseline:
         lines.append(f"undefended model on the same images: clean_acc {outcome.baseline['clean_acc']:.4f}, "
                      f"{search.metric} {outcome.baseline[search.metric]:.4f}")
@@ -82,6 +84,19 @@ def summary_lines(outcome: Outcome) -> list[str]:
                                                     and not outcome.tracking_uri.startswith("sqlite") else ""))
     lines.append(f"export the best: smoothblock export {search.name} -o best.yaml")
     return lines
+
+
+def verdict(best: dict[str, Any]) -> str:
+    """The search's answer in one sentence: the best audited finalist's gain in worst-case robust
+    accuracy over the undefended base on the fresh images, with its paired 95% interval."""
+    audit = best["audit"]
+    gain, low, high = (100 * audit[k] for k in ("robust_gain", "robust_gain_low", "robust_gain_high"))
+    images = int(audit["images"])
+    if low > 0:
+        return (f"the best defense adds {gain:.1f} points (95% CI {low:.1f}..{high:.1f}) of worst-case robust "
+                f"accuracy over the undefended model on {images} fresh images")
+    return (f"no defense adds robustness distinguishable from zero (best: {gain:+.1f} points, 95% CI "
+            f"{low:+.1f}..{high:+.1f}, on {images} fresh images)")
 
 
 def print_summary(outcome: Outcome) -> None:
@@ -163,7 +178,8 @@ def audit_line(row: dict[str, Any], metric: str) -> str:
     the unbounded check, and the verdict."""
     broke = {k[:-len("_broke")]: v for k, v in row["audit"].items() if k.endswith("_broke") and v > 0}
     by = ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(broke.items(), key=lambda kv: -kv[1])) or "none"
-    verdict = ("OBFUSCATED: " + "; ".join(row["audit_reasons"]) if row["obfuscated"]
-               else "no indicator of a failed attack")
-    return (f"{row['trial_id']}: {metric} {row[metric]:.4f} -> audited {row[AUDITED]:.4f} (images broken, %: {by}; "
-            f"unbounded leaves {100 * row['audit']['unbounded_acc']:.1f}%); {verdict}")
+    state = ("OBFUSCATED: " + "; ".join(row["audit_reasons"]) if row["obfuscated"]
+             else "no indicator of a failed attack")
+    gain = (f"; over the base {interval(row['audit'], 'robust_gain')}" if "robust_gain" in row["audit"] else "")
+    return (f"{row['trial_id']}: {metric} {row[metric]:.4f} -> audited {row[AUDITED]:.4f}{gain} (images broken, %: "
+            f"{by}; unbounded leaves {100 * row['audit']['unbounded_acc']:.1f}%); {state}")

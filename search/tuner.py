@@ -20,6 +20,7 @@ from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
 from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
 from trainables.assets import SCHEDULER_METRIC, Assets, Recorded
+from trainables.baseline import Baseline, gains
 
 from . import plots, tracking
 from .progress import TrialLines
@@ -47,8 +48,8 @@ def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | No
 
 
 def _load_assets(search: SearchConfig) -> Assets:
-    # The validation images of the audit too (it runs on more images than the trials).
-    return load_assets(search.trainable, search.base, search.model, search.audit_images, search.attacks,
+    # The search's validation images, then the audit's fresh ones after them.
+    return load_assets(search.trainable, search.base, search.model, search.val_images + search.audit_images, search.attacks,
                        search.attack_settings(), search.search_seed)
 
 
@@ -311,10 +312,13 @@ def max_iterations(search: SearchConfig) -> int:
 
 def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id: str, parent_id: str,
                     rows: list[dict[str, Any]]) -> None:
-    """Audit the ``audit_top`` best feasible trials that ran to the end (:mod:`smoothblock.audit`), as Ray
-    tasks in parallel; record each audit on the trial's run (``audit_*`` metrics, ``audited_robust_acc``,
-    tags ``obfuscated`` and ``obfuscated_reason``, ``audit.json``) and in its row. A resumed search
-    keeps the audits its runs hold."""
+    """Audit the ``audit_top`` best feasible trials that ran to the end (:mod:`smoothblock.audit`) on
+    ``audit_images`` fresh validation images, and (posthoc) the undefended base on the same images, as
+    Ray tasks in parallel; each finalist's gain over the base there, with its paired interval, is part
+    of its audit (``audit_robust_gain``, ``audit_robust_gain_low``, ...). Record each audit on the trial's
+    run (``audit_*`` metrics, ``audited_robust_acc``, tags ``obfuscated`` and ``obfuscated_reason``,
+    ``audit.json``) and in its row; the base's on the parent run (``undefended_audit_*``). A resumed
+    search keeps the audits its runs hold."""
     if search.audit_top == 0:
         return
     complete = [r for r in rows if r["status"] == "TERMINATED" and search.metric in r and not r["stopped_early"]
@@ -326,10 +330,18 @@ def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id:
     shared = ray.put(assets)
     pending = {r["trial_id"]: task.remote(r, search, shared, r["checkpoint"]) for r in finalists
                if runs[r["trial_id"]] is None or AUDITED not in runs[r["trial_id"]].data.metrics}
+    base = task.remote({"method": "none"}, search, shared) if pending and assets.baseline is not None else None
+    base_result = ray.get(base) if base is not None else None
+    if base_result is not None:
+        tracking.log_metrics(client, parent_id, {f"{BASELINE_PREFIX}{AUDIT_PREFIX}{k}": v
+                                                 for k, v in base_result["metrics"].items()})
     for row in finalists:
         run = runs[row["trial_id"]]
         if row["trial_id"] in pending:
             result = ray.get(pending[row["trial_id"]])
+            outcomes = result.pop("outcomes")
+            if base_result is not None:
+                result["metrics"].update(fresh_gains(outcomes, base_result["outcomes"]))
             metrics, reasons = result["metrics"], result["reasons"]
             if run is not None:
                 tracking.log_audit(client, run.info.run_id, result)
@@ -340,3 +352,8 @@ def audit_finalists(search: SearchConfig, assets: Assets, client, experiment_id:
         row["obfuscated"] = bool(reasons)
         row["audit_reasons"] = reasons
         row["audit"] = metrics
+
+
+def fresh_gains(outcomes: dict[str, Any], base: dict[str, Any]) -> dict[str, float]:
+    """A finalist's gain over the base on the fresh images (the per-image outcomes of both audits)."""
+    return gains(outcomes["clean"], outcomes["robust"], Baseline({}, base["clean"], base["robust"]))

@@ -74,12 +74,13 @@ def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], i
           settings: AttackSettings = AttackSettings(), seed: int = 0, device: str | torch.device = "cpu",
           num_classes: int = 10, thresholds: AuditThresholds = AuditThresholds(),
           precomputed: dict[str, torch.Tensor] | None = None, batch_size: int = 250,
-          progress: bool = False) -> AuditResult:
+          progress: bool = False, outcomes: dict[str, torch.Tensor] | None = None) -> AuditResult:
     """Audit ``model`` (the whole defended model) on the first ``images`` images of ``dataset``.
 
     Args:
         suite: the attacks the defense was scored with; they run again here, beside the audit's.
-        precomputed: as for :func:`smoothblock.evaluation.evaluate` (transfer examples).
+        precomputed, outcomes: as for :func:`smoothblock.evaluation.evaluate` (transfer examples;
+            the per-image results of the worst case over every attack but the unbounded check).
 
     Returns:
         The metrics (``robust_acc``, ``<attack>_broke`` for each attack, ``transfer_acc``, ...,
@@ -90,7 +91,8 @@ def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], i
     settings = dataclasses.replace(settings, eot_images=max(settings.eot_images, images if images is not None else len(dataset)))
     common = dict(images=images, settings=settings, seed=seed, device=device, num_classes=num_classes,
                   batch_size=batch_size, progress=progress)
-    metrics = evaluate(model, dataset, attacks=order, cascade=True, precomputed=precomputed, **common)
+    metrics = evaluate(model, dataset, attacks=order, cascade=True, precomputed=precomputed, outcomes=outcomes,
+                       **common)
     unbounded = evaluate(model, dataset, attacks=("unbounded",), **{**common, "images": min(settings.unbounded_images,
                                                                                        metrics["images"])})
     metrics["unbounded_acc"] = unbounded["unbounded_acc"]

@@ -187,3 +187,37 @@ def test_the_gpu_path_bf16_attacks_in_one_batch_runs_on_the_cpu(image_folder, tm
     assets = load_assets("posthoc", search.base, search.model, 8, search.attacks, search.attack_settings(), 0)
     metrics = score(assets.base.replace(method="smoothblock", keep_prob=0.7), search, assets)
     assert metrics["images"] == 8 and 0 <= metrics["robust_acc"] <= metrics["clean_acc"] <= 1
+
+
+def test_the_finalists_audit_runs_on_fresh_images_and_the_base_is_scored_once(image_folder, tmp_path, monkeypatch):
+    import smoothblock.audit as audit_module
+    from search.config import SearchConfig
+    from smoothblock.data import fingerprint
+    from trainables import audit as trainable_audit
+    from trainables import posthoc
+    from trainables.assets import load_assets
+
+    from .search_fixtures import tiny_checkpoint
+
+    search = SearchConfig.from_dict({
+        "trainable": "posthoc", "model": str(tiny_checkpoint(tmp_path / "m.safetensors", image_folder)),
+        "val_images": 8, "chunk_images": 4, "audit_images": 12, "eot_iter": 2, "eot_steps": 2,
+        "base": {"data": str(image_folder), "val_size": 20, "device": "cpu", "bf16": False,
+                 "cache_dir": str(tmp_path / "cache")},
+        "space": {"keep_prob": {"low": 0.5, "high": 0.9}}})
+    assets = load_assets("posthoc", search.base, search.model, 20, search.attacks, search.attack_settings(), 0)
+    audited = []
+    original = audit_module.audit
+    monkeypatch.setattr(trainable_audit, "audit", lambda model, data, **kw: audited.append(data) or original(model, data, **kw))
+    result = trainable_audit.audit_defense({"method": "smoothblock", "keep_prob": 0.7}, search, assets)
+    searched = assets.splits.val.take(slice(0, 8))
+    assert len(audited[0]) == 12 and fingerprint(audited[0]) == fingerprint(assets.splits.val.take(slice(8, 20)))
+    assert not set(map(bytes, audited[0].images.numpy())) & set(map(bytes, searched.images.numpy()))
+    assert result["outcomes"]["robust"].shape == (12,) and result["metrics"]["images"] == 12
+    # The base: scored once, then read back from the cache; its outcomes are per image.
+    first = posthoc.undefended_score(search, assets)
+    assert first.clean.shape == (8,) and first.robust.shape == (8,)
+    assert first.metrics["robust_acc"] == first.robust.float().mean().item()
+    monkeypatch.setattr(posthoc, "score", lambda *a, **k: pytest.fail("scored the base again"))
+    again = posthoc.undefended_score(search, assets)
+    assert torch.equal(again.robust, first.robust) and again.metrics == first.metrics

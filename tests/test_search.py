@@ -121,6 +121,12 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
         metrics = child.data.metrics
         assert metrics["audit_images"] == 12 and 0 <= metrics["audited_robust_acc"] <= metrics["audit_clean_acc"]
         assert {"audit_autoattack_rand_broke", "audit_square_broke", "audit_unbounded_acc"} <= set(metrics)
+        # On the fresh images, against the base audited on the same ones.
+        assert metrics["audit_robust_gain"] == pytest.approx(
+            metrics["audited_robust_acc"] - parent.data.metrics["undefended_audit_robust_acc"])
+        assert metrics["audit_robust_gain_low"] <= metrics["audit_robust_gain"] <= metrics["audit_robust_gain_high"]
+    assert "fresh validation images, which no trial saw" in out
+    assert "no defense adds robustness distinguishable from zero" in out or "the best defense adds" in out
 
     best = tmp_path / "best.yaml"
     assert main(["export", "posthoc-e2e", "--mlflow-uri", mlflow_server, "-o", str(best)]) == 0
@@ -169,8 +175,8 @@ def test_a_multi_objective_search_exports_its_pareto_front(tmp_path, image_folde
 def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(tmp_path, image_folder,
                                                                               mlflow_server, local_ray, capsys):
     config = _write(tmp_path / "train.yaml", {
-        "trainable": "train", "model": None, "trials": 5, "val_images": 20, "attacks": ["fgsm", "transfer"],
-        "audit_top": 1, "audit_images": 20, "eot_iter": 2, "eot_steps": 2,
+        "trainable": "train", "model": None, "trials": 5, "val_images": 10, "attacks": ["fgsm", "transfer"],
+        "audit_top": 1, "audit_images": 10, "eot_iter": 2, "eot_steps": 2,
         "max_concurrent_trials": 1, "grace_period": 1, "reduction_factor": 2,
         "base": {"data": str(image_folder), "val_size": 20, "epochs": 3, "batch_size": 16, "device": "cpu",
                  "bf16": False, "method": "smoothblock", "defense_at": "both"},
@@ -189,7 +195,7 @@ def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(t
     # The best trial that trained to the end was audited, from its last checkpoint.
     audited = [c for c in children if "audited_robust_acc" in c.data.metrics]
     assert len(audited) == 1 and epochs[audited[0].info.run_id] == 3
-    assert audited[0].data.metrics["audit_images"] == 20 and audited[0].data.tags["obfuscated"] in ("true", "false")
+    assert audited[0].data.metrics["audit_images"] == 10 and audited[0].data.tags["obfuscated"] in ("true", "false")
     assert audited[0].data.metrics["audited_robust_acc"] <= audited[0].data.metrics["robust_acc"] + 0.15
 
 

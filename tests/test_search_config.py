@@ -92,11 +92,11 @@ def test_a_bad_space_is_refused_with_the_parameter_named(space, message):
 
 def test_a_config_file_narrows_the_preset_key_by_key(tmp_path):
     path = tmp_path / "narrow.yaml"
-    path.write_text(yaml.safe_dump({"trials": 3, "base": {"val_size": 1000},
+    path.write_text(yaml.safe_dump({"trials": 3, "base": {"val_size": 2000},
                                     "space": {"method": ["smoothblock"], "positions": [[2]]}}))
     search = compose("posthoc", str(path), data="somewhere", trials=5)
     assert search.trials == 5  # flags win over the file
-    assert search.base.val_size == 1000 and search.base.data == "somewhere" and search.base.split_seed == 0
+    assert search.base.val_size == 2000 and search.base.data == "somewhere" and search.base.split_seed == 0
     assert search.space.to_dict()["method"] == "smoothblock"  # fixed now ...
     assert "keep_prob" in search.space.to_dict()  # ... and the rest of the preset's space stays
     # The preset's starting points at position 1 no longer fit the narrowed space: dropped.
@@ -130,7 +130,7 @@ def test_starting_points_are_checked_against_the_space():
     ({"attacks": ["pgd", "pgd"]}, "each attack once"),
     ({"attacks": []}, "attacks: must name at least one attack"),
     ({"scheduler": "hyperband"}, "scheduler: must be one of asha, fifo"),
-    ({"val_images": 600, "audit_images": 500}, "audit_images"),
+    ({"val_images": 4500, "audit_images": 1000}, "fresh audit_images"),
     ({"val_images": 300, "base": {"val_size": 200}}, "more than the validation split holds"),
     ({"trainable": "magic"}, "trainable: must be one of posthoc, train"),
     ({"min_clean_acc": 1.5}, "min_clean_acc: Input should be less than or equal to 1"),

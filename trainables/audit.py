@@ -24,14 +24,16 @@ from .assets import Assets, Scoring, attack_batch, trial_config
 
 def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
                   checkpoint: tune.Checkpoint | None = None) -> dict[str, Any]:
-    """Audit a trial's defense on the first ``audit_images`` validation images.
+    """Audit a trial's defense on ``audit_images`` fresh validation images: the ones after the
+    search's ``val_images``, which no trial was scored on.
 
     Args:
-        params: the trial's sampled configuration fields.
+        params: the trial's sampled configuration fields (``{"method": "none"}``: the undefended base).
         checkpoint: a training trial's last checkpoint; None for a posthoc trial.
 
     Returns:
-        ``{"metrics": {...}, "reasons": [...], "attacks": [...]}`` (see :class:`smoothblock.audit.AuditResult`).
+        ``{"metrics": {...}, "reasons": [...], "attacks": [...], "outcomes": {"clean", "robust"}}``
+        (see :class:`smoothblock.audit.AuditResult`; outcomes: (images,) bool per fresh image).
     """
     cfg = trial_config(assets.base, params)
     device = resolve_device(cfg.device)
@@ -45,8 +47,11 @@ def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
         model = model_from_state(cfg, state["model"], device=device, source=str(path))
     if search.attack_bf16:
         model = Autocast(model, device.type)
-    result = audit(model, assets.splits.val, suite=search.attacks, images=search.audit_images,
-                   settings=search.attack_settings(), seed=search.search_seed, device=device,
-                   num_classes=cfg.num_classes, precomputed=assets.precomputed(0, search.audit_images),
+    fresh = slice(search.val_images, search.val_images + search.audit_images)
+    outcomes: dict[str, torch.Tensor] = {}
+    result = audit(model, assets.splits.val.take(fresh), suite=search.attacks, settings=search.attack_settings(),
+                   seed=search.search_seed, device=device, num_classes=cfg.num_classes,
+                   precomputed=assets.precomputed(fresh.start, fresh.stop), outcomes=outcomes,
                    batch_size=attack_batch(cfg, search.attack_rows, device))
-    return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks)}
+    return {"metrics": result.metrics, "reasons": result.reasons, "attacks": list(result.attacks),
+            "outcomes": outcomes}
