@@ -43,7 +43,7 @@ def main() -> None:
     val = load_splits(args.data, val_size=val_size, split_seed=0, need_test=False).val.take(torch.arange(images))
     rows = []
     for eps in (1, 2):
-        settings = AttackSettings(pgd_eps=eps / 255, pgd_alpha=eps / 255 / 4)
+        settings = AttackSettings(eps=eps, pgd_alpha=eps / 255 / 4)
         for name, fields in DEFENSES.items():
             model = smoothblock.load_model("resnet20-cifar10", **fields)
             for mode, attacked in (("float32", model), ("bf16", Autocast(model, "cpu"))):

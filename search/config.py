@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from smoothblock import Config
-from smoothblock.attacks import ATTACKS, AttackSettings
+from smoothblock.attacks import ATTACKS, NORMS, AttackSettings
 from smoothblock.audit import CHECKS
 from smoothblock.errors import ConfigError
 from smoothblock.settings import IntList, Settings, StrList, as_tuple, one_of, parse_yaml, read_text
@@ -68,6 +68,10 @@ class SearchConfig(Settings):
         "only if it survives every one (the per-image worst case, as AutoAttack reports). The default holds "
         "an attack that ignores the randomness (transfer), one that follows it (pgd) and one that averages it "
         "out (eot_pgd)"))
+    norm: str = Field("linf", description="the threat model every attack with a radius stays in: linf or l2 "
+                                          "(the FGSM attacks are linf only)")
+    eps: float | None = Field(None, gt=0, description="the ball's radius: linf in 1/255 (null: 8), l2 as a float "
+                                                      "(null: 0.5, RobustBench's L2 setting)")
     val_images: int = Field(500, ge=1, description="the first this many validation images, the same for every "
                                                    "trial")
     chunk_images: int = Field(100, ge=1, description="a posthoc trial scores its images in chunks of this many "
@@ -131,6 +135,11 @@ class SearchConfig(Settings):
             raise ValueError(f"each attack once, got {list(value)}")
         return value
 
+    @field_validator("norm")
+    @classmethod
+    def _norm(cls, value: str) -> str:
+        return one_of(value, tuple(NORMS))
+
     @field_validator("fgsm_eps")
     @classmethod
     def _fgsm_eps(cls, value: tuple[int, ...]) -> tuple[int, ...]:
@@ -167,6 +176,8 @@ class SearchConfig(Settings):
         if self.val_images + self.audit_images > self.base.val_size:
             raise ValueError(f"val_images ({self.val_images}) and the fresh audit_images ({self.audit_images}) "
                              f"are more than the validation split holds (base.val_size {self.base.val_size})")
+        for attack in self.attacks:
+            ATTACKS[attack].check_norm(self.attack_settings())
         try:
             self.space.check(self.base)
             for point in self.points_to_evaluate:
@@ -186,8 +197,8 @@ class SearchConfig(Settings):
         """The attacks' parameters for every trial, the baseline and the audit: every image of a
         trial (and of the audit) gets every attack."""
         images = max(self.val_images, self.audit_images)
-        return AttackSettings(eot_iter=self.eot_iter, eot_steps=self.eot_steps, fgsm_eps=self.fgsm_eps,
-                              eot_images=images, cw_images=images)
+        return AttackSettings(norm=self.norm, eps=self.eps, eot_iter=self.eot_iter, eot_steps=self.eot_steps,
+                              fgsm_eps=self.fgsm_eps, eot_images=images, cw_images=images)
 
     @property
     def chunks(self) -> int:

@@ -27,6 +27,7 @@ import yaml
 
 from smoothblock import Config
 from smoothblock.checkpoint import atomic_write, load_checkpoint, read_provenance, save_weights
+from smoothblock.attacks import AttackSettings
 from smoothblock.config import file_record
 from smoothblock.errors import CheckpointError, ConfigError
 from smoothblock.hub import resolve
@@ -148,6 +149,8 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     """What an exported file claims: ``robust_acc`` (the audited figure for an audited finalist,
     else the search's), ``clean_acc`` and, beside them, how each was measured."""
     images = int(row["images"]) if "images" in row else int(params.get("val_images", 0))
+    eps = params.get("eps", "None")
+    threat = AttackSettings(norm=params.get("norm", "linf"), eps=None if eps == "None" else float(eps)).threat_model
     out: dict[str, Any] = {"robust_acc": round(float(row.get(AUDITED, row[METRIC])), 4),
                            "clean_acc": round(float(row["clean_acc"]), 4)}
     # The gain over the undefended base: on the audit's fresh images for an audited finalist, else
@@ -164,7 +167,7 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     draws = {"search_seed": int(params.get("search_seed", params.get("seed", 0))), "eot_iter": int(params.get("eot_iter", 0)),
              "eot_steps": int(params.get("eot_steps", 0))}
     search = {"split": "validation", "images": images, **draws, "attacks": json.loads(params.get("attacks", "[]")),
-              "eps": "8/255", "robust_acc": round(float(row[METRIC]), 4),
+              "threat_model": threat, "robust_acc": round(float(row[METRIC]), 4),
               "accuracy": _figures({k: v for k, v in row.items() if not k.startswith("audit")})}
     if AUDITED not in row:
         out["audit"] = {"audited": False, "search": search}
@@ -173,7 +176,7 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     metrics = audit["metrics"]
     out["audit"] = {"audited": True, "obfuscated": bool(audit["reasons"]), "reasons": audit["reasons"],
                     "split": "validation", "images": int(metrics["images"]), **draws,
-                    "attacks": audit["attacks"] + ["unbounded"], "eps": "8/255 (unbounded: 1)",
+                    "attacks": audit["attacks"] + ["unbounded"], "threat_model": f"{threat} (unbounded: L-inf 1)",
                     "accuracy": _figures(metrics), "search": search}
     return out
 

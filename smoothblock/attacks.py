@@ -10,7 +10,11 @@ an attack is one :func:`register` call.
 * ``transfer_fgsm``, ``eot_fgsm``: the same eps, crafted with the defense switched off (as
   ``transfer``) or on the gradient averaged over ``eot_iter`` draws (as ``eot_pgd``): the adaptive
   FGSM, whose per-eps worst case with ``fgsm`` is ``worst_fgsm_<eps>_acc``.
-* ``pgd``: L-inf PGD (Madry et al. 2018), eps 8/255, alpha 2/255, 7 steps, random start (thesis).
+* ``pgd``: PGD (Madry et al. 2018), L-inf eps 8/255, alpha 2/255, 7 steps, random start (thesis).
+
+Every attack with a radius (PGD, transfer, EOT-PGD, APGD, AA-rand, Square) stays in the settings'
+threat model: ``norm`` linf (default, 8/255) or l2 (0.5 by default, RobustBench's second setting);
+the FGSM family is L-inf only and is refused under l2.
 * ``eot_pgd``: PGD whose gradient is averaged over ``eot_iter`` draws of the defense's randomness
   (Athalye et al. 2018), ``eot_steps`` steps. Every EOT attack draws once from a model with nothing
   random at test time, and batches its draws (:mod:`smoothblock.eot`).
@@ -51,8 +55,16 @@ __all__ = ["ATTACKS", "Attack", "AttackSettings", "attack_names", "defense_off",
            "predict", "random_targets", "register"]
 
 
-def _setting(default, help: str):
-    return field(default=default, metadata={"help": help})
+def _setting(default, help: str, parse=None, choices=None):
+    """A field with its ``--flag`` help, the type its flag parses (the default's unless given) and
+    the values it takes (None: any)."""
+    return field(default=default, metadata={"help": help, "type": parse or type(default), "choices": choices})
+
+
+#: The threat models: the norm of the ball every attack with a radius stays in, and its default
+#: radius in the unit ``eps`` is given in (L-inf in 1/255 of the image range, L2 as a float).
+NORMS = {"linf": 8.0, "l2": 0.5}
+NORM_NAMES = {"linf": "Linf", "l2": "L2"}  # torchattacks' names
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,11 @@ class AttackSettings:
     Each field's ``help`` is its ``smoothblock evaluate --<field>`` help."""
 
     fgsm_eps: tuple[int, ...] = _setting(FGSM_EPS, "FGSM's eps, in 1/255")
-    pgd_eps: float = _setting(8 / 255, "L-inf radius of PGD, transfer, EOT-PGD, APGD, AA-rand and Square")
-    pgd_alpha: float = _setting(2 / 255, "step size of PGD, transfer and EOT-PGD")
+    norm: str = _setting("linf", "the threat model: linf or l2, the ball of PGD, transfer, EOT-PGD, APGD, "
+                                 "AA-rand and Square (FGSM has no L2 form)", choices=("linf", "l2"))
+    eps: float | None = _setting(None, "the ball's radius: L-inf in 1/255 (default 8), L2 as a float (default 0.5, "
+                                       "RobustBench's)", parse=float)
+    pgd_alpha: float = _setting(2 / 255, "L-inf step size of PGD, transfer and EOT-PGD (L2: a quarter of eps)")
     pgd_steps: int = _setting(7, "steps of the thesis' PGD")
     # On the main command's best post-hoc defense, robust_acc on 500 validation images was 3.4%
     # with 16 draws, 2.6% with 32, 2.4% with 64 (docs/results.md).
@@ -87,6 +102,30 @@ class AttackSettings:
     unbounded_images: int = _setting(200, "the eps-1 check runs on the first this many images (few tell ~0% from 5%)")
 
 
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
+        if self.eps is not None and self.eps <= 0:
+            raise ValueError(f"eps must be positive, got {self.eps}")
+
+    @property
+    def radius(self) -> float:
+        """The ball's radius in image units ([0, 1]): ``eps`` / 255 for L-inf, ``eps`` for L2."""
+        eps = NORMS[self.norm] if self.eps is None else self.eps
+        return eps / 255 if self.norm == "linf" else eps
+
+    @property
+    def step(self) -> float:
+        """PGD's step in image units: ``pgd_alpha`` for L-inf, a quarter of the radius for L2."""
+        return self.pgd_alpha if self.norm == "linf" else self.radius / 4
+
+    @property
+    def threat_model(self) -> str:
+        """``L-inf 8/255`` or ``L2 0.5``: how a report names the ball."""
+        eps = NORMS[self.norm] if self.eps is None else self.eps
+        return f"L-inf {eps:g}/255" if self.norm == "linf" else f"L2 {eps:g}"
+
+
 Crafter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -105,6 +144,7 @@ class Attack:
         kind: ``white`` (follows the defended model's gradient), ``transfer`` or ``black``.
         limit: the :class:`AttackSettings` field capping how many images it runs on, or None.
         targeted: crafters take target classes instead of labels (C&W); ``<name>_asr`` is reported.
+        norms: the threat models it has a form for (``settings.norm`` must be one).
         per_eps: one crafter and metric per ``fgsm_eps`` (``<name>_<eps>_acc``), and
             :func:`smoothblock.evaluation.evaluate` reports the per-image worst case over the per-eps
             attacks at each eps (``worst_fgsm_<eps>_acc``).
@@ -122,6 +162,13 @@ class Attack:
     targeted: bool = False
     cheap: bool = False
     per_eps: bool = False
+    norms: tuple[str, ...] = ("linf", "l2")
+
+    def check_norm(self, settings: AttackSettings) -> None:
+        """Refuse, in one line naming the attack, a threat model it has no form for."""
+        if settings.norm not in self.norms:
+            raise ValueError(f"attack {self.name} has no {settings.norm} form (it is {', '.join(self.norms)} only); "
+                             f"drop it from the attacks or use norm {self.norms[0]}")
 
     def metrics(self, settings: AttackSettings) -> list[str]:
         """The accuracy metrics the attack reports (without building it)."""
@@ -180,10 +227,14 @@ def defense_off(model: nn.Module) -> Iterator[nn.Module]:
             m.active_in_train, m.active_in_eval = train, evaluate
 
 
-def _pgd(model: nn.Module, s: AttackSettings, *, steps: int, eps: float | None = None,
-         alpha: float | None = None, random_start: bool = True) -> torchattacks.Attack:
-    return torchattacks.PGD(model, eps=s.pgd_eps if eps is None else eps, alpha=s.pgd_alpha if alpha is None else alpha,
-                            steps=steps, random_start=random_start)
+def _pgd(model: nn.Module, s: AttackSettings, *, steps: int) -> Crafter:
+    """PGD in the settings' ball, random start: torchattacks' PGD (L-inf, the thesis' attack) or
+    :func:`smoothblock.eot.eot_pgd` with one draw (L2: torchattacks' PGDL2 reshapes the gradient
+    with ``view``, which a channels_last network's input gradient does not allow)."""
+    if s.norm == "linf":
+        return torchattacks.PGD(model, eps=s.radius, alpha=s.step, steps=steps, random_start=True)
+    return lambda images, labels: eot_pgd(model, images, labels, eps=s.radius, alpha=s.step, steps=steps,
+                                          draws=1, norm="l2")
 
 
 def _transfer(model: nn.Module, s: AttackSettings) -> Crafter:
@@ -197,8 +248,8 @@ def _transfer(model: nn.Module, s: AttackSettings) -> Crafter:
 
 def _eot_pgd(model: nn.Module, s: AttackSettings, draws: int) -> Crafter:
     """EOT-PGD (:func:`smoothblock.eot.eot_pgd`: torchattacks' EOTPGD, its draws batched)."""
-    return lambda images, labels: eot_pgd(model, images, labels, eps=s.pgd_eps, alpha=s.pgd_alpha,
-                                          steps=s.eot_steps, draws=draws)
+    return lambda images, labels: eot_pgd(model, images, labels, eps=s.radius, alpha=s.step, steps=s.eot_steps,
+                                          draws=draws, norm=s.norm)
 
 
 def _best_loss(apgd: torchattacks.APGD, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -210,8 +261,8 @@ def _best_loss(apgd: torchattacks.APGD, images: torch.Tensor, labels: torch.Tens
 
 
 def _apgd(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
-    apgd = torchattacks.APGD(model, eps=s.pgd_eps, steps=s.apgd_steps, eot_iter=eot_draws(model, s.eot_iter),
-                             loss="ce", seed=seed, n_restarts=1)
+    apgd = torchattacks.APGD(model, norm=NORM_NAMES[s.norm], eps=s.radius, steps=s.apgd_steps,
+                             eot_iter=eot_draws(model, s.eot_iter), loss="ce", seed=seed, n_restarts=1)
     return lambda images, labels: _best_loss(apgd, images, labels)
 
 
@@ -219,8 +270,9 @@ def _autoattack_rand(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
     """AutoAttack's version for randomised defenses (Croce & Hein 2020): APGD-CE, then APGD-DLR on
     the images the first left, each with ``aa_eot_iter`` draws per gradient; torchattacks' APGD,
     returning the highest-loss iterate of every image."""
-    ce, dlr = (torchattacks.APGD(model, eps=s.pgd_eps, steps=s.aa_steps, eot_iter=eot_draws(model, s.aa_eot_iter),
-                                 loss=loss, seed=seed, n_restarts=1) for loss in ("ce", "dlr"))
+    ce, dlr = (torchattacks.APGD(model, norm=NORM_NAMES[s.norm], eps=s.radius, steps=s.aa_steps,
+                                 eot_iter=eot_draws(model, s.aa_eot_iter), loss=loss, seed=seed, n_restarts=1)
+               for loss in ("ce", "dlr"))
 
     def craft(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         adv = _best_loss(ce, images, labels)
@@ -253,22 +305,22 @@ def _fgsm_family(model: nn.Module, s: AttackSettings, name: str, draws: int, off
 
 
 register(Attack(
-    "fgsm", "FGSM at each fgsm_eps (1/255)", "FGSM", cheap=True, per_eps=True,
+    "fgsm", "FGSM at each fgsm_eps (1/255)", "FGSM", cheap=True, per_eps=True, norms=("linf",),
     build=lambda m, s, k, seed: {f"fgsm_{e}_acc": torchattacks.FGSM(m, eps=e / 255) for e in s.fgsm_eps},
     cost=lambda s: len(s.fgsm_eps)))
 register(Attack(
     "transfer_fgsm", "FGSM at each fgsm_eps crafted with the defense switched off", "transfer FGSM",
-    kind="transfer", cheap=True, per_eps=True,
+    kind="transfer", cheap=True, per_eps=True, norms=("linf",),
     build=lambda m, s, k, seed: _fgsm_family(m, s, "transfer_fgsm", draws=1, off=True),
     cost=lambda s: 1))
 register(Attack(
     # One step of eps on the sign of the gradient averaged over eot_iter draws: EOT-FGSM.
     "eot_fgsm", "FGSM at each fgsm_eps on the gradient averaged over eot_iter draws", "EOT-FGSM",
-    cheap=True, per_eps=True,
+    cheap=True, per_eps=True, norms=("linf",),
     build=lambda m, s, k, seed: _fgsm_family(m, s, "eot_fgsm", draws=s.eot_iter, off=False),
     cost=lambda s: s.eot_iter))
 register(Attack(
-    "pgd", "L-inf PGD, pgd_steps steps of pgd_alpha, random start", "PGD", cheap=True,
+    "pgd", "PGD in the norm's ball, pgd_steps steps, random start", "PGD", cheap=True,
     build=lambda m, s, k, seed: {"pgd_acc": _pgd(m, s, steps=s.pgd_steps)},
     cost=lambda s: s.pgd_steps))
 register(Attack(
@@ -291,12 +343,12 @@ register(Attack(
 register(Attack(
     "square", "Square, black-box, square_queries queries", "Square", kind="black", limit="eot_images",
     build=lambda m, s, k, seed: {"square_acc": torchattacks.Square(
-        m, norm="Linf", eps=s.pgd_eps, n_queries=s.square_queries, n_restarts=1, seed=seed)},
+        m, norm=NORM_NAMES[s.norm], eps=s.radius, n_queries=s.square_queries, n_restarts=1, seed=seed)},
     cost=lambda s: s.square_queries))
 register(Attack(
     "unbounded", "PGD at eps 1 (a sanity check: a working attack leaves ~0%)", "eps 1", limit="unbounded_images",
-    build=lambda m, s, k, seed: {"unbounded_acc": _pgd(m, s, steps=s.unbounded_steps, eps=1.0,
-                                                       alpha=2.5 / s.unbounded_steps, random_start=False)},
+    build=lambda m, s, k, seed: {"unbounded_acc": torchattacks.PGD(m, eps=1.0, alpha=2.5 / s.unbounded_steps,
+                                                                   steps=s.unbounded_steps, random_start=False)},
     cost=lambda s: s.unbounded_steps))
 register(Attack(
     "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", "C&W", limit="cw_images", targeted=True,

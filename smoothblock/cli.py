@@ -133,8 +133,9 @@ def add_commands(subparsers) -> None:
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     for f in dataclasses.fields(AttackSettings):
         if f.name != "fgsm_eps":
-            ev.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name,
-                            type=type(f.default), default=f.default, help=f.metadata["help"].replace("%", "%%"))
+            ev.add_argument(*dict.fromkeys((f"--{f.name}", f"--{f.name.replace('_', '-')}")), dest=f.name,
+                            type=f.metadata["type"], default=f.default, choices=f.metadata["choices"],
+                            help=f.metadata["help"].replace("%", "%%"))
     add_field_flags(ev, Config, DEFENSE_FIELDS)
     ev.set_defaults(handler=run_evaluate)
 

@@ -111,23 +111,45 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws:
 
 
 def eot_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float,
-            steps: int, draws: int, random_start: bool = True) -> torch.Tensor:
-    """L-inf PGD on the EOT gradient, as torchattacks' EOTPGD (uniform random start in the ball,
-    signed steps of ``alpha``, projection), with :func:`eot_gradient`'s batched draws and one draw
-    on a deterministic model.
+            steps: int, draws: int, random_start: bool = True, norm: str = "linf") -> torch.Tensor:
+    """PGD on the EOT gradient, with :func:`eot_gradient`'s batched draws and one draw on a
+    deterministic model. L-inf as torchattacks' EOTPGD (uniform random start in the ball, signed
+    steps of ``alpha``, projection); L2 as its PGDL2 (a random start in the ball, steps of ``alpha``
+    along the gradient's direction, projection onto the ball).
 
     Args:
         images: (N, C, H, W) in [0, 1]; labels: (N,).
+        eps, alpha: the radius and step in image units.
     Returns:
-        (N, C, H, W) adversarial images within ``eps`` (L-inf) of ``images``, in [0, 1].
+        (N, C, H, W) adversarial images within ``eps`` of ``images`` in ``norm``, in [0, 1].
     """
     draws = eot_draws(model, draws)
     images = images.detach()
     adv = images.clone()
     if random_start:
-        adv = (adv + torch.empty_like(adv).uniform_(-eps, eps)).clamp(0, 1)
+        adv = (adv + _random_start(adv, eps, norm)).clamp(0, 1)
     for _ in range(steps):
         grad = eot_gradient(model, adv, labels, draws)
-        adv = adv.detach() + alpha * grad.sign()
-        adv = (images + (adv - images).clamp(-eps, eps)).clamp(0, 1).detach()
+        if norm == "linf":
+            adv = adv.detach() + alpha * grad.sign()
+            delta = (adv - images).clamp(-eps, eps)
+        else:
+            adv = adv.detach() + alpha * grad / _l2(grad).clamp_min(1e-12)
+            delta = adv - images
+            delta = delta * (eps / _l2(delta).clamp_min(1e-12)).clamp(max=1.0)
+        adv = (images + delta).clamp(0, 1).detach()
     return adv
+
+
+def _l2(x: torch.Tensor) -> torch.Tensor:
+    """Per-image L2 norms, shaped (N, 1, 1, 1) to broadcast."""
+    return x.flatten(1).norm(p=2, dim=1).view(-1, *([1] * (x.dim() - 1)))
+
+
+def _random_start(x: torch.Tensor, eps: float, norm: str) -> torch.Tensor:
+    """A random point in the ball (torchattacks' EOTPGD and PGDL2 starts)."""
+    if norm == "linf":
+        return torch.empty_like(x).uniform_(-eps, eps)
+    delta = torch.empty_like(x).normal_()
+    radius = torch.zeros(x.shape[0], *([1] * (x.dim() - 1)), device=x.device).uniform_(0, 1)
+    return delta / _l2(delta).clamp_min(1e-12) * radius * eps

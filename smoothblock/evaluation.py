@@ -47,6 +47,8 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
         is limited, ``eot_images``, ``cw_images``, ``unbounded_images``.
     """
     entries = [get_attack(a) for a in attacks]
+    for entry in entries:
+        entry.check_norm(settings)
     precomputed = precomputed or {}
     subset = dataset.take(slice(0, images)) if images is not None else dataset
     for name, images in precomputed.items():

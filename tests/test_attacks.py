@@ -44,7 +44,7 @@ def test_every_registered_attack_stays_in_its_ball_and_breaks_an_undefended_mode
         assert attack.cost(settings) >= 1 and attack.summary
         for metric, craft in attack.build(model, settings, 10, 0).items():
             adv = craft(x, (y + 1) % 10 if attack.targeted else y)
-            eps = 1.0 if name in ("unbounded", "cw") else settings.pgd_eps
+            eps = 1.0 if name in ("unbounded", "cw") else settings.radius
             assert (adv - x).abs().max() <= eps + 1e-6 and adv.min() >= 0 and adv.max() <= 1, name
             # Square's random stripes move the mean slowly: within its queries it breaks some only.
             assert (model(adv).argmax(1) == y).float().mean() <= (0.9 if name == "square" else 0.1), name
@@ -54,6 +54,31 @@ def test_every_registered_attack_stays_in_its_ball_and_breaks_an_undefended_mode
     assert metrics["fgsm_16_acc"] == 0.0 and metrics["pgd_acc"] == 0.0
     assert set(metric_names(("fgsm", "pgd"))) <= set(metrics)
     assert metrics["robust_acc"] == 0.0
+
+
+def test_under_l2_every_radius_attack_stays_in_the_l2_ball_and_fgsm_is_refused():
+    data = _data(20)
+    x, y = data.images.float() / 255, data.labels
+    model = Brightness()
+    settings = AttackSettings(norm="l2", eps=0.5, eot_iter=2, eot_steps=5, apgd_steps=5, aa_steps=5,
+                              aa_eot_iter=1, square_queries=200)
+    assert settings.radius == 0.5 and settings.step == 0.125 and settings.threat_model == "L2 0.5"
+    radius_attacks = [n for n, a in ATTACKS.items() if "l2" in a.norms and n not in ("unbounded", "cw")]
+    assert set(radius_attacks) == {"pgd", "transfer", "eot_pgd", "apgd", "autoattack_rand", "square", "eot_pgd_x2"}
+    for name in radius_attacks:
+        for metric, craft in ATTACKS[name].build(model, settings, 10, 0).items():
+            adv = craft(x, y)
+            norms = (adv - x).flatten(1).norm(dim=1)
+            assert norms.max() <= 0.5 + 1e-5 and adv.min() >= 0 and adv.max() <= 1, (name, norms.max())
+            # Moving the mean by half the 0.04 gap takes an L2 of 0.28 on 8x8x3 images: within 0.5. Square's
+            # L2 squares are local and move the mean too little in 200 queries: only its ball is checked.
+            if name != "square":
+                assert (model(adv).argmax(1) == y).float().mean() <= 0.1, name
+    metrics = evaluate(model, data, attacks=("pgd", "eot_pgd"), settings=settings, progress=False)
+    assert metrics["robust_acc"] == 0.0
+    for name in ("fgsm", "transfer_fgsm", "eot_fgsm"):
+        with pytest.raises(ValueError, match=f"attack {name} has no l2 form"):
+            evaluate(model, data, attacks=("pgd", name), settings=settings, progress=False)
 
 
 def test_robust_acc_is_the_per_image_worst_case_not_the_lowest_figure():
@@ -150,7 +175,7 @@ def test_apgd_attacks_return_their_best_iterate_not_the_clean_image():
     # clean images; ours returns the perturbation of highest loss for every image.
     data = _data(10)
     x, y = data.images.float() / 255, data.labels
-    settings = AttackSettings(pgd_eps=1 / 255, aa_steps=3, aa_eot_iter=1, apgd_steps=3, eot_iter=1)
+    settings = AttackSettings(eps=1, aa_steps=3, aa_eot_iter=1, apgd_steps=3, eot_iter=1)
     for name in ("apgd", "autoattack_rand"):
         adv = next(iter(get_attack(name).build(Brightness(), settings, 10, 0).values()))(x, y)
         moved = (adv - x).flatten(1).abs().amax(1)

@@ -172,6 +172,25 @@ def test_a_multi_objective_search_exports_its_pareto_front(tmp_path, image_folde
     assert {Config.load(path).ensemble for path in written} <= {int(c.data.params["ensemble"]) for c in children}
 
 
+def test_an_l2_search_runs_end_to_end_in_the_l2_ball(tmp_path, image_folder, mlflow_server, local_ray, capsys):
+    config = _posthoc(tmp_path, image_folder, trials=2, audit_top=1, scheduler="fifo")
+    assert main(["search", "--config", config, "--name", "l2-e2e", "--norm", "l2", "--eps", "0.5",
+                 "--mlflow-uri", mlflow_server, "--storage", str(tmp_path / "results")]) == 0
+    client, parent, children = _runs(mlflow_server, "l2-e2e")
+    assert parent.data.params["norm"] == "l2" and float(parent.data.params["eps"]) == 0.5
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    best = tmp_path / "best.yaml"
+    assert main(["export", "l2-e2e", "--mlflow-uri", mlflow_server, "-o", str(best)]) == 0
+    record = yaml.safe_load(best.read_text())
+    assert record["audit"]["search"]["threat_model"] == "L2 0.5"
+    assert record["audit"]["threat_model"].startswith("L2 0.5")
+    # FGSM has no L2 form: refused in one line before anything starts.
+    capsys.readouterr()
+    fails_in_one_line(capsys, main, ["search", "--config", config, "--name", "l2-fgsm", "--norm", "l2",
+                                     "--attacks", "fgsm", "pgd", "--mlflow-uri", mlflow_server,
+                                     "--storage", str(tmp_path / "results")], "attack fgsm has no l2 form")
+
+
 def test_training_search_reports_every_epoch_checkpoints_and_asha_stops_trials(tmp_path, image_folder,
                                                                               mlflow_server, local_ray, capsys):
     config = _write(tmp_path / "train.yaml", {
