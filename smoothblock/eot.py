@@ -30,7 +30,7 @@ from .layers import RandomBlockLayer
 
 #: At most this many rows (images x draws x passes) go through the model at once: a CPU keeps
 #: small batches in its caches, and a draw's activations are held until the backward pass.
-EOT_ROWS = {"cpu": 2048, "cuda": 65536}
+EOT_ROWS = {"cpu": 256, "cuda": 65536}
 
 
 def is_random(model: nn.Module) -> bool:
@@ -52,6 +52,31 @@ def _unwrap(model: nn.Module) -> tuple[nn.Module, SelfEnsemble | None, str | Non
     return (model.model if ensemble else model), ensemble, autocast
 
 
+def _autocast(device_type: str | None):
+    return torch.autocast(device_type, dtype=torch.bfloat16) if device_type else contextlib.nullcontext()
+
+
+def _run(modules: list[nn.Module], h: torch.Tensor) -> torch.Tensor:
+    for module in modules:
+        h = module(h)
+    return h
+
+
+def _suffix_draws(suffix: list[nn.Module], h: torch.Tensor, draws: int, ensemble: SelfEnsemble | None) -> torch.Tensor:
+    """The random rest of the network over ``draws`` (x the ensemble's passes) copies of the prefix's
+    output ``h`` (N, ...), draw-major: (draws, N, K) as the model's output (logits, or the ensemble's
+    log-probabilities)."""
+    n, passes = h.shape[0], ensemble.ensemble if ensemble else 1
+    if suffix:
+        out = _run(suffix, h.repeat(draws * passes, *([1] * (h.dim() - 1)))).float().view(draws, passes, n, -1)
+    else:  # nothing random is active: every draw and pass is the same
+        out = h.float().view(1, 1, n, -1).expand(draws, passes, n, -1)
+    if ensemble is None:
+        return out[:, 0]
+    # A self-ensemble's output: log of the mean of its passes' softmax, per draw.
+    return torch.logsumexp(torch.log_softmax(out, dim=-1), dim=1) - math.log(passes)
+
+
 def draw_logits(model: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
     """``draws`` independent passes of the whole defended ``model`` over ``x``, batched.
 
@@ -63,51 +88,46 @@ def draw_logits(model: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
         log-probabilities).
     """
     network, ensemble, autocast = _unwrap(model)
-    passes = ensemble.ensemble if ensemble else 1
     split = _split_stages(network)
     if split is None:  # not a staged network: the draws one after another
         return torch.stack([model(x) for _ in range(draws)])
-    prefix, suffix = split
-    with torch.autocast(autocast, dtype=torch.bfloat16) if autocast else contextlib.nullcontext():
-        h = x
-        for module in prefix:
-            h = module(h)
-        n = x.shape[0]
-        if suffix:
-            h = h.repeat(draws * passes, *([1] * (h.dim() - 1)))
-            for module in suffix:
-                h = module(h)
-            out = h.float().view(draws, passes, n, -1)
-        else:  # nothing random is active: every draw and pass is the same
-            out = h.float().view(1, 1, n, -1).expand(draws, passes, n, -1)
-    if ensemble is None:
-        return out[:, 0]
-    # A self-ensemble's output: log of the mean of its passes' softmax, per draw.
-    return torch.logsumexp(torch.log_softmax(out, dim=-1), dim=1) - math.log(passes)
+    with _autocast(autocast):
+        return _suffix_draws(split[1], _run(split[0], x), draws, ensemble)
 
 
 def eot_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws: int,
                  max_rows: int | None = None) -> torch.Tensor:
     """The gradient at ``x`` of the cross-entropy summed over ``draws`` draws (each a batch mean):
-    torchattacks' EOT gradient. Chunks of draws keep at most ``max_rows`` rows in one graph.
+    torchattacks' EOT gradient. The deterministic prefix runs forward and backward once; the draws
+    go through the rest in chunks of at most ``max_rows`` rows, their gradients summed at the
+    prefix's output.
 
     Args:
         x: (N, C, H, W) images in [0, 1]; labels: (N,).
     Returns:
         (N, C, H, W), the summed gradient.
     """
-    _, ensemble, _ = _unwrap(model)
-    passes = ensemble.ensemble if ensemble else 1
-    rows = max_rows or EOT_ROWS.get(x.device.type, EOT_ROWS["cpu"])
-    per_chunk = max(1, rows // max(1, x.shape[0] * passes))
+    network, ensemble, autocast = _unwrap(model)
     x = x.detach().requires_grad_(True)
-    total = torch.zeros_like(x)
+    split = _split_stages(network)
+    if split is None:  # not a staged network: the draws one after another
+        return sum(torch.autograd.grad(F.cross_entropy(model(x), labels), x)[0] for _ in range(draws))
+    prefix, suffix = split
+    rows = max_rows or EOT_ROWS.get(x.device.type, EOT_ROWS["cpu"])
+    per_chunk = max(1, rows // max(1, x.shape[0] * (ensemble.ensemble if ensemble else 1)))
+    with _autocast(autocast):
+        h = _run(prefix, x)
+    if not suffix:  # deterministic: every draw has the same gradient
+        draws, per_chunk = 1, 1
+    cut = h.detach().requires_grad_(True)
+    at_cut = torch.zeros_like(cut)
     for start in range(0, draws, per_chunk):
         k = min(per_chunk, draws - start)
-        logits = draw_logits(model, x, k)
+        with _autocast(autocast):
+            logits = _suffix_draws(suffix, cut, k, ensemble)
         loss = sum(F.cross_entropy(logits[d], labels) for d in range(k))
-        total += torch.autograd.grad(loss, x)[0]
-    return total
+        at_cut += torch.autograd.grad(loss, cut)[0]
+    return torch.autograd.grad(h, x, grad_outputs=at_cut)[0]
 
 
 def eot_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float,

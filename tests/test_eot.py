@@ -48,7 +48,7 @@ def test_a_deterministic_model_gets_one_draw_from_every_eot_attack():
     assert len(random_rows) >= 8 * 3 and deterministic <= len(random_rows) / 8 + 2
 
 
-def test_a_random_model_draws_every_draw_with_its_prefix_computed_once():
+def test_a_random_model_draws_every_draw_with_its_prefix_run_once():
     model = _model(position=3)
     assert is_random(model)
     x, y = _batch()
@@ -56,8 +56,10 @@ def test_a_random_model_draws_every_draw_with_its_prefix_computed_once():
     eot_gradient(model, x, y, draws=16)
     assert rows == [6]  # the stem before position 3 ran once, on the six images
     rows.clear()
+    head: list[int] = []
+    model.stages["head"].register_forward_hook(lambda m, args, out: head.append(args[0].shape[0]))
     eot_gradient(model, x, y, draws=16, max_rows=6 * 4)
-    assert rows == [6, 6, 6, 6]  # four chunks of four draws
+    assert rows == [6] and head == [24, 24, 24, 24]  # the prefix once; four chunks of four draws after it
 
 
 def test_the_batched_gradient_is_the_loops():
