@@ -51,7 +51,7 @@ class SearchConfig(Settings):
     trainable: str = Field("posthoc", description="posthoc (the defense goes into a trained model; thesis "
                                                   "Section 4.2) or train (a model is trained with each trial's "
                                                   "defense; Sections 4.3-4.4)")
-    model: str | None = Field("resnet20-cifar10", description="posthoc: the trained model (a shipped name or a "
+    model: str | None = Field("resnet20-cifar10-fgsm-at", description="posthoc: the trained model (a shipped name or a "
                                                               "checkpoint file); train: weights to fine-tune "
                                                               "from, or null to train from scratch")
     base: Annotated[Config, BeforeValidator(_config)] = Field(
