@@ -94,7 +94,8 @@ class SearchConfig(Settings):
     multi_objective: bool = Field(False, description="search the Pareto front of clean_acc, robust_acc and "
                                                      "passes (forward passes per image) with NSGA-II instead")
     # The audit of the finalists (smoothblock.audit), when the trials end.
-    audit_top: int = Field(3, ge=0, description="how many of the best trials are audited (0: none)")
+    audit_top: int = Field(3, ge=0, description="how many of the best trials are audited (0: none, and no "
+                                                "fresh images are needed)")
     audit_images: int = Field(1000, ge=1, description=(
         "fresh validation images the finalists and the undefended base are audited on: the ones after the "
         "search's val_images, which no trial saw, so the winner's figure is not selected on its own images"))
@@ -173,7 +174,7 @@ class SearchConfig(Settings):
         if self.val_images > self.base.val_size:
             raise ValueError(f"val_images ({self.val_images}) is more than the validation split holds "
                              f"(base.val_size {self.base.val_size})")
-        if self.val_images + self.audit_images > self.base.val_size:
+        if self.audit_top and self.val_images + self.audit_images > self.base.val_size:
             raise ValueError(f"val_images ({self.val_images}) and the fresh audit_images ({self.audit_images}) "
                              f"are more than the validation split holds (base.val_size {self.base.val_size})")
         for attack in self.attacks:

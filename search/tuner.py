@@ -49,7 +49,8 @@ def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | No
 
 def _load_assets(search: SearchConfig) -> Assets:
     # The search's validation images, then the audit's fresh ones after them.
-    return load_assets(search.trainable, search.base, search.model, search.val_images + search.audit_images, search.attacks,
+    images = search.val_images + (search.audit_images if search.audit_top else 0)
+    return load_assets(search.trainable, search.base, search.model, images, search.attacks,
                        search.attack_settings(), search.search_seed)
 
 

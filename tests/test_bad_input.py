@@ -43,7 +43,7 @@ def env(tmp_path_factory, image_folder, mlflow_server, local_ray):
 
 
 def _config(env, **changes) -> dict:
-    data = {"trainable": "posthoc", "model": str(env["model"]), "trials": 2, "val_images": 8, "audit_top": 0,
+    data = {"trainable": "posthoc", "model": str(env["model"]), "trials": 2, "val_images": 8, "audit_top": 0, "audit_images": 8,
             "base": {"data": str(env["data"]), "val_size": 20, "device": "cpu", "bf16": False},
             "space": {"keep_prob": {"low": 0.5, "high": 0.9}}}
     data.update(changes)
