@@ -177,8 +177,9 @@ class SearchConfig(Settings):
         if self.audit_top and self.val_images + self.audit_images > self.base.val_size:
             raise ValueError(f"val_images ({self.val_images}) and the fresh audit_images ({self.audit_images}) "
                              f"are more than the validation split holds (base.val_size {self.base.val_size})")
+        settings = self.attack_settings()
         for attack in self.attacks:
-            ATTACKS[attack].check_norm(self.attack_settings())
+            ATTACKS[attack].check_norm(settings)
         try:
             self.space.check(self.base)
             for point in self.points_to_evaluate:
