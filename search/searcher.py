@@ -8,10 +8,17 @@ that breaks whenever a sampler holds something pickle cannot carry: optuna 5.1.0
 multi-objective search's), so ``pickle.dumps(NSGAIISampler())`` raises ``TypeError: cannot pickle
 '_thread.lock'``. The saved state here is only what restoring needs: the study's storage and name,
 the sampler's settings (it is rebuilt from them), and which Optuna trial each Tune trial is.
+
+A driver killed after a trial finished and before Ray's next experiment checkpoint leaves a
+FINISHED MLflow run whose trial the restored searcher never proposed. Inside :func:`replaying`,
+a restored searcher proposes those trials' values first (Optuna enqueues them), so the resumed
+search meets each such run again and takes its recorded result instead of running a stranger.
 """
 from __future__ import annotations
 
+import contextlib
 import pickle
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +57,22 @@ def sampler_settings(search: SearchConfig) -> SamplerSettings:
                                (("population_size", max(4, min(50, search.trials // 4))),))
     # A third of a small budget explores at random before TPE models the rest.
     return SamplerSettings("tpe", search.search_seed, (("n_startup_trials", max(4, min(10, search.trials // 3))),))
+
+
+#: (Tune trial id, Optuna point) of every finished trial, while :func:`replaying` is active.
+_REPLAY: list[tuple[str, dict[str, Any]]] = []
+
+
+@contextlib.contextmanager
+def replaying(finished: Sequence[tuple[str, dict[str, Any]]]) -> Iterator[None]:
+    """While active, a searcher restored from Ray's saved state (``Searcher.restore``, which Ray
+    calls when the restored Tuner starts) first proposes the points of the finished trials its
+    state does not know. ``finished``: (Tune trial id, point in Optuna's form), in start order."""
+    _REPLAY[:] = list(finished)
+    try:
+        yield
+    finally:
+        _REPLAY.clear()
 
 
 class ConstrainedOptunaSearch(OptunaSearch):
@@ -100,6 +123,10 @@ class ConstrainedOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__setstate__(pickle.load(f))
+        # The trials finished after this state was saved: Ray lost them, MLflow holds their results.
+        for trial_id, point in _REPLAY:
+            if trial_id not in self._ot_trials and self._ot_study is not None:
+                self._ot_study.enqueue_trial(point)
 
 
 def make_searcher(search: SearchConfig) -> ConstrainedOptunaSearch:

@@ -326,7 +326,7 @@ def recorded_results(client: MlflowClient, experiment_id: str, parent_id: str) -
     """What a resumed search's trials report instead of running again: the final metrics of every
     FINISHED trial run, by trial id and by configuration, and the values each was proposed with,
     in the order the trials started."""
-    by_trial, by_config, points = {}, [], []
+    by_trial, by_config, sampled = {}, [], []
     for run in sorted(child_runs(client, experiment_id, parent_id), key=lambda r: r.info.start_time):
         if run.info.status != "FINISHED" or TRIAL_TAG not in run.data.tags:
             continue
@@ -335,11 +335,13 @@ def recorded_results(client: MlflowClient, experiment_id: str, parent_id: str) -
                    and not k.startswith(AUDIT_PREFIX) and k != AUDITED}
         # A recorded trial reports once: whether the scheduler had stopped it is on the run, not in Ray.
         metrics[STOPPED_METRIC] = float(STOPPED_TAG in run.data.tags)
+        if "passes" in metrics:  # a count, logged as MLflow's float
+            metrics["passes"] = int(metrics["passes"])
         by_trial[run.data.tags[TRIAL_TAG]] = metrics
         by_config.append((dict(run.data.params), metrics))
         if SAMPLED_TAG in run.data.tags:
-            points.append(json.loads(run.data.tags[SAMPLED_TAG]))
-    return Recorded(by_trial, tuple(by_config), tuple(points))
+            sampled.append((run.data.tags[TRIAL_TAG], json.loads(run.data.tags[SAMPLED_TAG])))
+    return Recorded(by_trial, tuple(by_config), tuple(sampled))
 
 
 def close_interrupted(client: MlflowClient, experiment_id: str, parent_id: str) -> int:

@@ -24,7 +24,7 @@ from trainables.baseline import Baseline, gains
 
 from . import plots, tracking
 from .progress import TrialLines
-from .searcher import make_searcher
+from .searcher import make_searcher, replaying
 from .config import SearchConfig
 from .export import rank
 from .outcome import BASELINE_PREFIX, Outcome, summarize, trial_rows
@@ -228,6 +228,10 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
                                        resume_unfinished=True, resume_errored=False, restart_errored=False)
         finally:
             analysis_log.setLevel(level)
+        # Trials finished after Ray's last save: the restored searcher proposes their values first.
+        with replaying([(trial_id, search.space.encode_point(point, search.base))
+                        for trial_id, point in recorded.sampled]):
+            return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
     else:
         # Ray saved nothing before the driver died: a new Tuner proposes the finished trials'
         # values first (Optuna learns them again; each reports its recorded result), then goes on.

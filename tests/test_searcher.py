@@ -9,7 +9,7 @@ import pytest
 from ray import cloudpickle
 
 from search.config import compose
-from search.searcher import make_searcher
+from search.searcher import make_searcher, replaying
 
 
 def _run(searcher, ids: range, clean: float = 0.5) -> list[dict]:
@@ -48,3 +48,24 @@ def test_the_searcher_pickles_and_goes_on_after_a_restore(tmp_path, multi_object
     # A restored sampler draws afresh: it does not replay the first trials' proposals.
     assert later[:4] != first[:4]
     pickle.loads(pickle.dumps(restored))  # and it saves again
+
+
+def test_a_restored_searcher_first_proposes_the_trials_its_saved_state_lost(tmp_path):
+    # The driver saved Ray's state after t0..t2, then t3 finished (MLflow holds it) and it died.
+    search = compose("posthoc", trials=12, points_to_evaluate=[])
+    searcher = make_searcher(search)
+    _run(searcher, range(3))
+    searcher.save(str(tmp_path / "searcher-state.pkl"))
+    lost = _run(searcher, range(3, 4))[0]
+    finished = [(f"t{i}", search.space.encode_point(c, search.base)) for i, c in enumerate(_run(
+        make_searcher(search), range(3)))] + [("t3", search.space.encode_point(lost, search.base))]
+
+    restored = cloudpickle.loads(cloudpickle.dumps(make_searcher(search)))
+    with replaying(finished):
+        restored.restore(str(tmp_path / "searcher-state.pkl"))
+    assert restored.suggest("t4") == lost  # t0..t2 are in its state: only t3 comes again
+    assert restored.suggest("t5") != lost
+
+    fresh = cloudpickle.loads(cloudpickle.dumps(make_searcher(search)))
+    fresh.restore(str(tmp_path / "searcher-state.pkl"))  # outside replaying: nothing replayed
+    assert fresh.suggest("t4") != lost

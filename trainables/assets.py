@@ -104,13 +104,19 @@ class Recorded:
         by_trial: trial id -> its final metrics.
         by_config: the MLflow params of a finished run -> its final metrics; a trial with the
             same configuration reports these (training and evaluation are seeded: the same numbers).
-        points: the sampled values of the finished trials, in the order they started: a search
-            resumed without Ray's saved state proposes these first, and so meets them again.
+        sampled: (trial id, sampled values) of the finished trials, in the order they started: a
+            search resumed without Ray's saved state proposes these values first, and one resumed
+            from it those of the trials that state lost, and so meets them again.
     """
 
     by_trial: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     by_config: tuple[tuple[dict[str, str], dict[str, float]], ...] = ()
-    points: tuple[dict[str, Any], ...] = ()
+    sampled: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+    @property
+    def points(self) -> tuple[dict[str, Any], ...]:
+        """The finished trials' sampled values, in the order they started."""
+        return tuple(point for _, point in self.sampled)
 
     def lookup(self, trial_id: str | None, cfg: Config | None = None) -> dict[str, float] | None:
         if trial_id in self.by_trial:
