@@ -1,6 +1,7 @@
 """EOT-PGD as a trial runs it now (smoothblock.eot: one draw where nothing is random, the draws
 batched with the deterministic prefix computed once) against torchattacks' EOTPGD (the loop every
-trial ran before), on the robust base.
+trial ran before), on the robust base; with ``--attack apgd``, APGD-CE as the audit's AA-rand runs
+it (smoothblock.apgd) against torchattacks' APGD (its highest-loss iterate, as the audit used it).
 
 Protocol, in one run on a quiet machine: ``resnet20-cifar10-fgsm-at`` prepared as the trials'
 models are (folded batch norms, channels_last), the first ``--images`` validation images (split
@@ -10,7 +11,8 @@ and at position 5 (block 3, keep 0.7) with one pass, and at position 1 with a 4-
 Each arm: one warm-up, then ``--repeats`` timed runs, alternating the two arms; the median seconds,
 and ``speedup`` = torchattacks / ours. Accuracy after each arm's last run, to show both attack alike.
 
-Run: python benchmarks/bench_eot.py --data DIR [--images 100] [--steps 5] [--draws 32] [--repeats 3] [--json OUT]
+Run: python benchmarks/bench_eot.py --data DIR [--attack eot_pgd|apgd] [--images 100] [--steps 5] [--draws 32]
+         [--repeats 3] [--json OUT]   (AA-rand's APGD: --attack apgd --steps 10 --draws 20)
      python benchmarks/bench_eot.py --smoke --data DIR   (4 images, one step: it runs, no figures)
 """
 from __future__ import annotations
@@ -28,6 +30,7 @@ import torchattacks
 import smoothblock
 from smoothblock.attacks import predict
 from smoothblock.data import load_splits, to_float
+from smoothblock.apgd import apgd
 from smoothblock.eot import eot_pgd
 
 DEFENSES = {
@@ -42,6 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="an ImageFolder copy of CIFAR-10 (train/, test/)")
     parser.add_argument("--model", default="resnet20-cifar10-fgsm-at")
+    parser.add_argument("--attack", choices=("eot_pgd", "apgd"), default="eot_pgd")
     parser.add_argument("--images", type=int, default=100)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--draws", type=int, default=32)
@@ -56,12 +60,7 @@ def main() -> None:
     rows = []
     for name, fields in DEFENSES.items():
         model = smoothblock.load_model(args.model, **fields)
-        arms = {
-            "torchattacks": lambda: torchattacks.EOTPGD(model, eps=8 / 255, alpha=2 / 255, steps=args.steps,
-                                                        eot_iter=args.draws)(images, labels),
-            "smoothblock": lambda: eot_pgd(model, images, labels, eps=8 / 255, alpha=2 / 255, steps=args.steps,
-                                           draws=args.draws),
-        }
+        arms = _arms(args, model, images, labels)
         times: dict[str, list[float]] = {arm: [] for arm in arms}
         accuracy = {}
         for repeat in range(args.repeats + 1):  # the first round warms up
@@ -79,11 +78,25 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "model": args.model, "images": args.images, "steps": args.steps,
+              "torch": torch.__version__, "model": args.model, "attack": args.attack, "images": args.images, "steps": args.steps,
               "draws": args.draws, "repeats": args.repeats, "date": time.strftime("%Y-%m-%d"), "rows": rows}
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _arms(args: argparse.Namespace, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> dict:
+    """The two implementations of ``--attack``, each a function of nothing that returns the images."""
+    if args.attack == "apgd":
+        reference = torchattacks.APGD(model, eps=8 / 255, steps=args.steps, eot_iter=args.draws, loss="ce")
+        return {"torchattacks": lambda: reference.perturb(images, labels, best_loss=True)[1],
+                "smoothblock": lambda: apgd(model, images, labels, eps=8 / 255, steps=args.steps, draws=args.draws)}
+    return {
+        "torchattacks": lambda: torchattacks.EOTPGD(model, eps=8 / 255, alpha=2 / 255, steps=args.steps,
+                                                    eot_iter=args.draws)(images, labels),
+        "smoothblock": lambda: eot_pgd(model, images, labels, eps=8 / 255, alpha=2 / 255, steps=args.steps,
+                                       draws=args.draws),
+    }
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ the FGSM family is L-inf only and is refused under l2.
 * ``eot_pgd``: PGD whose gradient is averaged over ``eot_iter`` draws of the defense's randomness
   (Athalye et al. 2018), ``eot_steps`` steps. Every EOT attack draws once from a model with nothing
   random at test time, and batches its draws (:mod:`smoothblock.eot`).
-* ``apgd``: APGD-CE (Croce & Hein 2020) with ``eot_iter`` draws per gradient.
+* ``apgd``: APGD-CE (Croce & Hein 2020) with ``eot_iter`` draws per gradient: torchattacks'
+  algorithm with its draws batched (:mod:`smoothblock.apgd`).
 * ``autoattack_rand``: AutoAttack's version for randomised defenses: APGD-CE then APGD-DLR (on the
   images the first left), ``aa_eot_iter`` (20) draws per gradient, ``aa_steps`` (10) steps each.
   APGD here returns its highest-loss iterate for every image (torchattacks' forward returns the
@@ -46,6 +47,7 @@ import torchattacks
 from torch import nn
 
 from .cw import cw_l2_targeted, predict, random_targets
+from .apgd import apgd
 from .eot import eot_draws, eot_gradient, eot_pgd
 from .layers import RandomBlockLayer
 
@@ -252,33 +254,26 @@ def _eot_pgd(model: nn.Module, s: AttackSettings, draws: int) -> Crafter:
                                           draws=draws, norm=s.norm)
 
 
-def _best_loss(apgd: torchattacks.APGD, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    # APGD's forward returns the clean image of every image no single draw misclassified during the
-    # run, which a fresh draw then scores as robust: against a randomised model the attack would
-    # throw its work away. The iterate of highest loss is the adversarial example to score.
-    _, adv = apgd.perturb(images, labels, best_loss=True)
-    return adv.detach()
+def _apgd(model: nn.Module, s: AttackSettings) -> Crafter:
+    """APGD-CE (:func:`smoothblock.apgd.apgd`: torchattacks' APGD, its draws batched), returning
+    each image's highest-loss iterate: torchattacks' forward returns the clean image of every image
+    no single draw misclassified during the run, which a fresh draw then scores as robust."""
+    return lambda images, labels: apgd(model, images, labels, eps=s.radius, steps=s.apgd_steps, norm=s.norm,
+                                       loss="ce", draws=s.eot_iter)
 
 
-def _apgd(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
-    apgd = torchattacks.APGD(model, norm=NORM_NAMES[s.norm], eps=s.radius, steps=s.apgd_steps,
-                             eot_iter=eot_draws(model, s.eot_iter), loss="ce", seed=seed, n_restarts=1)
-    return lambda images, labels: _best_loss(apgd, images, labels)
-
-
-def _autoattack_rand(model: nn.Module, s: AttackSettings, seed: int) -> Crafter:
+def _autoattack_rand(model: nn.Module, s: AttackSettings) -> Crafter:
     """AutoAttack's version for randomised defenses (Croce & Hein 2020): APGD-CE, then APGD-DLR on
-    the images the first left, each with ``aa_eot_iter`` draws per gradient; torchattacks' APGD,
-    returning the highest-loss iterate of every image."""
-    ce, dlr = (torchattacks.APGD(model, norm=NORM_NAMES[s.norm], eps=s.radius, steps=s.aa_steps,
-                                 eot_iter=eot_draws(model, s.aa_eot_iter), loss=loss, seed=seed, n_restarts=1)
-               for loss in ("ce", "dlr"))
+    the images the first left, each with ``aa_eot_iter`` draws per gradient."""
+    def run(images: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+        return apgd(model, images, labels, eps=s.radius, steps=s.aa_steps, norm=s.norm, loss=loss,
+                    draws=s.aa_eot_iter)
 
     def craft(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        adv = _best_loss(ce, images, labels)
+        adv = run(images, labels, "ce")
         left = predict(model, adv) == labels
         if left.any():
-            adv[left] = _best_loss(dlr, images[left], labels[left])
+            adv[left] = run(images[left], labels[left], "dlr")
         return adv
     return craft
 
@@ -333,12 +328,12 @@ register(Attack(
     cost=lambda s: s.eot_steps * s.eot_iter))
 register(Attack(
     "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_images",
-    build=lambda m, s, k, seed: {"apgd_acc": _apgd(m, s, seed)},
+    build=lambda m, s, k, seed: {"apgd_acc": _apgd(m, s)},
     cost=lambda s: s.apgd_steps * s.eot_iter))
 register(Attack(
     "autoattack_rand", "AutoAttack version rand: APGD-CE, then APGD-DLR, aa_steps steps of aa_eot_iter draws",
     "AA-rand", limit="eot_images",
-    build=lambda m, s, k, seed: {"autoattack_rand_acc": _autoattack_rand(m, s, seed)},
+    build=lambda m, s, k, seed: {"autoattack_rand_acc": _autoattack_rand(m, s)},
     cost=lambda s: 2 * s.aa_steps * s.aa_eot_iter))
 register(Attack(
     "square", "Square, black-box, square_queries queries", "Square", kind="black", limit="eot_images",

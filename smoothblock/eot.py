@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -98,20 +99,57 @@ def draw_logits(model: nn.Module, x: torch.Tensor, draws: int) -> torch.Tensor:
 def eot_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws: int,
                  max_rows: int | None = None) -> torch.Tensor:
     """The gradient at ``x`` of the cross-entropy summed over ``draws`` draws (each a batch mean):
-    torchattacks' EOT gradient. The deterministic prefix runs forward and backward once; the draws
-    go through the rest in chunks of at most ``max_rows`` rows, their gradients summed at the
-    prefix's output.
+    torchattacks' EOT gradient, computed as :func:`eot_loss_gradient` does.
 
     Args:
         x: (N, C, H, W) images in [0, 1]; labels: (N,).
     Returns:
         (N, C, H, W), the summed gradient.
     """
+    _, grad, _ = _eot_backward(model, x, labels, draws, _cross_entropy, max_rows)
+    return grad / x.shape[0]
+
+
+def eot_loss_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws: int,
+                      loss: PerImageLoss | None = None, max_rows: int | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A per-image loss and its gradient, each the mean over ``draws`` draws of the defense (one
+    where nothing is random): the EOT estimate APGD follows (torchattacks' APGD averages the
+    gradients of its draws the same way).
+
+    Args:
+        x: (N, C, H, W) images in [0, 1]; labels: (N,).
+        loss: (logits (N, K), labels (N,)) -> (N,) losses; default the cross-entropy.
+    Returns:
+        ((N,) the mean loss of each image, (N, C, H, W) the mean gradient of their sum).
+    """
+    total, grad, used = _eot_backward(model, x, labels, draws, loss or _cross_entropy, max_rows)
+    return total / used, grad / used
+
+
+#: (logits (N, K), labels (N,)) -> (N,): a loss per image.
+PerImageLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def _eot_backward(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws: int, loss: PerImageLoss,
+                  max_rows: int | None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(the (N,) loss summed over draws, the gradient of that sum at ``x``, the draws taken). The
+    deterministic prefix runs forward and backward once; the draws go through the rest in chunks
+    of at most ``max_rows`` rows, their gradients summed at the prefix's output."""
     network, ensemble, autocast = _unwrap(model)
     x = x.detach().requires_grad_(True)
     split = _split_stages(network)
     if split is None:  # not a staged network: the draws one after another
-        return sum(torch.autograd.grad(F.cross_entropy(model(x), labels), x)[0] for _ in range(draws))
+        total, grad = torch.zeros(x.shape[0], device=x.device), torch.zeros_like(x)
+        for _ in range(draws):
+            per_image = loss(model(x).float(), labels)
+            grad += torch.autograd.grad(per_image.sum(), x)[0]
+            total += per_image.detach()
+        return total, grad, draws
     prefix, suffix = split
     rows = max_rows or EOT_ROWS.get(x.device.type, EOT_ROWS["cpu"])
     per_chunk = max(1, rows // max(1, x.shape[0] * (ensemble.ensemble if ensemble else 1)))
@@ -120,14 +158,15 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws:
     if not suffix:  # deterministic: every draw has the same gradient
         draws, per_chunk = 1, 1
     cut = h.detach().requires_grad_(True)
-    at_cut = torch.zeros_like(cut)
+    at_cut, total = torch.zeros_like(cut), torch.zeros(x.shape[0], device=x.device)
     for start in range(0, draws, per_chunk):
         k = min(per_chunk, draws - start)
         with _autocast(autocast):
             logits = _suffix_draws(suffix, cut, k, ensemble)
-        loss = sum(F.cross_entropy(logits[d], labels) for d in range(k))
-        at_cut += torch.autograd.grad(loss, cut)[0]
-    return torch.autograd.grad(h, x, grad_outputs=at_cut)[0]
+        per_image = torch.stack([loss(logits[d], labels) for d in range(k)])
+        at_cut += torch.autograd.grad(per_image.sum(), cut)[0]
+        total += per_image.detach().sum(dim=0)
+    return total, torch.autograd.grad(h, x, grad_outputs=at_cut)[0], draws
 
 
 def eot_pgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, alpha: float,

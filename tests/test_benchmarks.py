@@ -55,10 +55,12 @@ def test_the_scheduler_benchmark_runs(small_folder, ray_home, tmp_path):
     assert [r["scheduler"] for r in report["results"]] == ["asha", "fifo"]
 
 
-def test_the_eot_benchmark_runs(small_folder, tmp_path):
-    report = run_benchmark("bench_eot.py", "--smoke", "--data", str(small_folder),
+@pytest.mark.parametrize("attack", ["eot_pgd", "apgd"])
+def test_the_eot_benchmark_runs(small_folder, tmp_path, attack):
+    report = run_benchmark("bench_eot.py", "--smoke", "--attack", attack, "--data", str(small_folder),
                            env={"SMOOTHBLOCK_CACHE": str(tmp_path)})
-    assert [r["defense"] for r in report["rows"]][0] == "none" and all(r["speedup"] > 0 for r in report["rows"])
+    assert report["attack"] == attack and [r["defense"] for r in report["rows"]][0] == "none"
+    assert all(r["speedup"] > 0 for r in report["rows"])
 
 
 def test_the_bf16_attack_benchmark_runs(small_folder, tmp_path):
