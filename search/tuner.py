@@ -218,27 +218,33 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     # a folder Tuner.restore accepts but cannot resume (it fails to restore the run state, then
     # waits for trials its searcher no longer proposes). Only a saved experiment state restores.
     if tune.Tuner.can_restore(folder) and store.has_match(name, "experiment_state-*.json"):
-        # Restoring reads every trial's results; those the killed driver had not yet recorded have
-        # none, which Ray reports as a warning although resuming them is exactly what follows.
-        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-        level = analysis_log.level
-        analysis_log.setLevel(logging.ERROR)
-        try:
-            tuner = tune.Tuner.restore(folder, trainable=make_trainable(search, assets, recorded),
-                                       resume_unfinished=True, resume_errored=False, restart_errored=False)
-        finally:
-            analysis_log.setLevel(level)
-        # Trials finished after Ray's last save: the restored searcher proposes their values first.
-        with replaying([(trial_id, search.space.encode_point(point, search.base))
-                        for trial_id, point in recorded.sampled]):
-            return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
-    else:
-        # Ray saved nothing before the driver died: a new Tuner proposes the finished trials'
-        # values first (Optuna learns them again; each reports its recorded result), then goes on.
-        redo = [*recorded.points, *(p for p in search.points_to_evaluate if p not in recorded.points)]
-        tuner = _new_tuner(search.replace(points_to_evaluate=redo), assets, store, uri, experiment_id,
-                           parent_id, concurrent, recorded, verbose=verbose)
+        return _restore_and_finish(search, assets, recorded, client, uri, experiment_id, parent_id, folder,
+                                   baseline)
+    # Ray saved nothing before the driver died: a new Tuner proposes the finished trials' values
+    # first (Optuna learns them again; each reports its recorded result), then goes on.
+    redo = [*recorded.points, *(p for p in search.points_to_evaluate if p not in recorded.points)]
+    tuner = _new_tuner(search.replace(points_to_evaluate=redo), assets, store, uri, experiment_id,
+                       parent_id, concurrent, recorded, verbose=verbose)
     return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
+
+
+def _restore_and_finish(search: SearchConfig, assets, recorded, client, uri: str, experiment_id: str,
+                        parent_id: str, folder: str, baseline) -> Outcome:
+    """Resume from Ray's saved experiment state (``Tuner.restore``) and run the search to its end."""
+    # Restoring reads every trial's results; those the killed driver had not yet recorded have
+    # none, which Ray reports as a warning although resuming them is exactly what follows.
+    analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    level = analysis_log.level
+    analysis_log.setLevel(logging.ERROR)
+    try:
+        tuner = tune.Tuner.restore(folder, trainable=make_trainable(search, assets, recorded),
+                                   resume_unfinished=True, resume_errored=False, restart_errored=False)
+    finally:
+        analysis_log.setLevel(level)
+    # Trials finished after Ray's last save: the restored searcher proposes their values first.
+    with replaying([(trial_id, search.space.encode_point(point, search.base))
+                    for trial_id, point in recorded.sampled]):
+        return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
 
 
 def _resume_tracking_uri(store: Storage, name: str, mlflow_uri: str | None) -> str:

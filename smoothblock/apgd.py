@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .eot import PerImageLoss, eot_draws, eot_loss_gradient
+from .eot import PerImageLoss, cross_entropy, eot_draws, eot_loss_gradient
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -34,7 +33,7 @@ def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 #: APGD's losses by name.
-LOSSES: dict[str, PerImageLoss] = {"ce": lambda z, y: F.cross_entropy(z, y, reduction="none"), "dlr": dlr_loss}
+LOSSES: dict[str, PerImageLoss] = {"ce": cross_entropy, "dlr": dlr_loss}
 
 
 def apgd(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, eps: float, steps: int,

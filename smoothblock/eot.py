@@ -106,7 +106,7 @@ def eot_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, draws:
     Returns:
         (N, C, H, W), the summed gradient.
     """
-    _, grad, _ = _eot_backward(model, x, labels, draws, _cross_entropy, max_rows)
+    _, grad, _ = _eot_backward(model, x, labels, draws, cross_entropy, max_rows)
     return grad / x.shape[0]
 
 
@@ -123,7 +123,7 @@ def eot_loss_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, d
     Returns:
         ((N,) the mean loss of each image, (N, C, H, W) the mean gradient of their sum).
     """
-    total, grad, used = _eot_backward(model, x, labels, draws, loss or _cross_entropy, max_rows)
+    total, grad, used = _eot_backward(model, x, labels, draws, loss or cross_entropy, max_rows)
     return total / used, grad / used
 
 
@@ -131,7 +131,8 @@ def eot_loss_gradient(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, d
 PerImageLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N, K) logits, (N,) labels -> (N,) the cross-entropy of each image (not reduced)."""
     return F.cross_entropy(logits, labels, reduction="none")
 
 
