@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import os
 import platform
 import time
@@ -133,9 +134,9 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
         measured.update(cells)
         sections[exp_id] = rows
         texts[exp_id] = experiment_section(experiment, rows, _figures(exp_id, rows, spec, figure_dir, rel),
-                                           time.perf_counter() - exp_started, sum(cells.values()))
+                                           time.perf_counter() - exp_started, math.fsum(cells.values()))
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started, sum(measured.values()),
+    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started, math.fsum(measured.values()),
                    [describe(m) for m in models.values()])
     lines += ["What the thesis claims, what its own attacks measure here, and what an adaptive attacker leaves "
               "(percent):", ""] + summary(sections) + ["", ADAPTIVE_NOTE, ""]
