@@ -3,7 +3,8 @@
 On the parent run (``plots/``): Optuna's own visualisations of the search's study (optimisation
 history, parameter importances, parallel coordinates, slices, contours; the Pareto front for a
 multi-objective search), each as PNG (matplotlib) and HTML (plotly), and a scatter of every trial's
-robust against clean accuracy with the undefended model and the audited finalists marked. On each
+robust against clean accuracy with the undefended model and the audited finalists marked, and every
+trial's gain over the undefended model with its paired 95% interval, sorted (``gains.png``). On each
 child run: its accuracy per attack as an MLflow table and, where FGSM ran, accuracy against eps.
 
 The study is rebuilt from the child runs: each finished trial's sampled values (its
@@ -119,6 +120,41 @@ def tradeoff_figure(search: SearchConfig, runs: list, parent_metrics: dict[str, 
     return path
 
 
+def gain_figure(search: SearchConfig, runs: list, path: Path) -> Path | None:
+    """Every finished trial's ``robust_gain`` over the undefended base with its paired 95% interval,
+    sorted, on the search's images; an audited finalist's gain on the fresh images beside it. None
+    when no trial has a gain (a search without an undefended base)."""
+    done = [r for r in runs if r.info.status == "FINISHED" and "robust_gain_low" in r.data.metrics]
+    if not done:
+        return None
+    done.sort(key=lambda r: r.data.metrics["robust_gain"])
+    m = [r.data.metrics for r in done]
+    x = range(len(done))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * len(done) + 2), 4.5), layout="constrained")
+    gain = [100 * v["robust_gain"] for v in m]
+    ax.errorbar(x, gain, yerr=[[g - 100 * v["robust_gain_low"] for g, v in zip(gain, m)],
+                               [100 * v["robust_gain_high"] - g for g, v in zip(gain, m)]],
+                fmt="o", ms=3, lw=1, capsize=2, color="C0", label=f"search images ({search.val_images})")
+    fresh = [(i, v) for i, v in zip(x, m) if f"{tracking.AUDIT_PREFIX}robust_gain_low" in v]
+    if fresh:
+        a = [100 * v[f"{tracking.AUDIT_PREFIX}robust_gain"] for _, v in fresh]
+        lo = [100 * v[f"{tracking.AUDIT_PREFIX}robust_gain_low"] for _, v in fresh]
+        hi = [100 * v[f"{tracking.AUDIT_PREFIX}robust_gain_high"] for _, v in fresh]
+        ax.errorbar([i + 0.3 for i, _ in fresh], a, yerr=[[g - low for g, low in zip(a, lo)],
+                                                          [high - g for g, high in zip(a, hi)]],
+                    fmt="s", ms=4, lw=1, capsize=2, color="C3",
+                    label=f"audited finalists, fresh images ({search.audit_images}), audit attacks")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(list(x), [r.info.run_name or r.info.run_id[:8] for r in done], rotation=90, fontsize=6)
+    ax.set_ylabel("robust_gain over the undefended model (points)")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    ax.set_title(f"search {search.name}: each trial's gain with its paired 95% interval", fontsize=10)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
 def trial_artifacts(client, run, folder: Path) -> None:
     """A child run's accuracy per attack (an MLflow table) and, where FGSM ran, against eps."""
     metrics = run.data.metrics
@@ -164,6 +200,8 @@ def _log_plots(client, search: SearchConfig, parent_id: str, runs: list) -> list
         study = rebuild_study(search, runs)
         paths = study_figures(search, study, folder) if len(study.trials) >= 2 else []
         paths.append(tradeoff_figure(search, runs, client.get_run(parent_id).data.metrics, folder / "tradeoff.png"))
+        gains = gain_figure(search, runs, folder / "gains.png")
+        paths += [gains] if gains else []
         for path in paths:
             client.log_artifact(parent_id, str(path), "plots")
         for run in runs:

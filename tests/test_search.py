@@ -99,7 +99,7 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
     # accuracy table on each child.
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/param_importances.png", "plots/parallel_coordinate.html",
-            "plots/tradeoff.png"} <= plots and len(plots) >= 5, plots
+            "plots/tradeoff.png", "plots/gains.png"} <= plots and len(plots) >= 5, plots
     assert all("accuracy_by_attack.json" in {a.path for a in client.list_artifacts(c.info.run_id)} for c in children)
     assert len({c.data.params["keep_prob"] for c in children}) == 4  # Optuna proposed, not repeated
 
