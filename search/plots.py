@@ -120,6 +120,15 @@ def tradeoff_figure(search: SearchConfig, runs: list, parent_metrics: dict[str, 
     return path
 
 
+def _gain_bars(ax, x: list, metrics: list[dict], prefix: str, **style) -> None:
+    """``prefix + robust_gain`` of each run's metrics at ``x``, in points, with its interval
+    (``_low``/``_high``) as asymmetric error bars."""
+    gain = [100 * v[f"{prefix}robust_gain"] for v in metrics]
+    low = [g - 100 * v[f"{prefix}robust_gain_low"] for g, v in zip(gain, metrics)]
+    high = [100 * v[f"{prefix}robust_gain_high"] - g for g, v in zip(gain, metrics)]
+    ax.errorbar(x, gain, yerr=[low, high], lw=1, capsize=2, **style)
+
+
 def gain_figure(search: SearchConfig, runs: list, path: Path) -> Path | None:
     """Every finished trial's ``robust_gain`` over the undefended base with its paired 95% interval,
     sorted, on the search's images; an audited finalist's gain on the fresh images beside it. None
@@ -130,27 +139,23 @@ def gain_figure(search: SearchConfig, runs: list, path: Path) -> Path | None:
     done.sort(key=lambda r: r.data.metrics["robust_gain"])
     m = [r.data.metrics for r in done]
     x = range(len(done))
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * len(done) + 2), 4.5), layout="constrained")
-    gain = [100 * v["robust_gain"] for v in m]
-    ax.errorbar(x, gain, yerr=[[g - 100 * v["robust_gain_low"] for g, v in zip(gain, m)],
-                               [100 * v["robust_gain_high"] - g for g, v in zip(gain, m)]],
-                fmt="o", ms=3, lw=1, capsize=2, color="C0", label=f"search images ({search.val_images})")
-    fresh = [(i, v) for i, v in zip(x, m) if f"{tracking.AUDIT_PREFIX}robust_gain_low" in v]
-    if fresh:
-        a = [100 * v[f"{tracking.AUDIT_PREFIX}robust_gain"] for _, v in fresh]
-        lo = [100 * v[f"{tracking.AUDIT_PREFIX}robust_gain_low"] for _, v in fresh]
-        hi = [100 * v[f"{tracking.AUDIT_PREFIX}robust_gain_high"] for _, v in fresh]
-        ax.errorbar([i + 0.3 for i, _ in fresh], a, yerr=[[g - low for g, low in zip(a, lo)],
-                                                          [high - g for g, high in zip(a, hi)]],
-                    fmt="s", ms=4, lw=1, capsize=2, color="C3",
-                    label=f"audited finalists, fresh images ({search.audit_images}), audit attacks")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(list(x), [r.info.run_name or r.info.run_id[:8] for r in done], rotation=90, fontsize=6)
-    ax.set_ylabel("robust_gain over the undefended model (points)")
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8)
-    ax.set_title(f"search {search.name}: each trial's gain with its paired 95% interval", fontsize=10)
-    fig.savefig(path, dpi=100)
+    # Optuna's matplotlib plots, drawn before, switch the global style to ggplot (its larger labels
+    # cut this one's y label off): draw in matplotlib's default style.
+    with plt.style.context("default"):
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.16 * len(done) + 2), 4.5), layout="constrained")
+        _gain_bars(ax, list(x), m, "", fmt="o", ms=3, color="C0", label=f"search images ({search.val_images})")
+        fresh = [(i, v) for i, v in zip(x, m) if f"{tracking.AUDIT_PREFIX}robust_gain_low" in v]
+        if fresh:
+            _gain_bars(ax, [i + 0.3 for i, _ in fresh], [v for _, v in fresh], tracking.AUDIT_PREFIX,
+                       fmt="s", ms=4, color="C3",
+                       label=f"audited finalists, fresh images ({search.audit_images}), audit attacks")
+        ax.axhline(0, color="k", lw=0.8)
+        ax.set_xticks(list(x), [r.info.run_name or r.info.run_id[:8] for r in done], rotation=90, fontsize=6)
+        ax.set_ylabel("robust_gain over the undefended model (points)")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+        ax.set_title(f"search {search.name}: each trial's gain with its paired 95% interval", fontsize=10)
+        fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
