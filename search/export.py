@@ -44,10 +44,14 @@ FINE_TUNE = {"epochs": 30, "lr": 0.01}
 def rank(rows: list[dict[str, Any]], metric: str, min_clean_acc: float | None = None) -> list[dict[str, Any]]:
     """Feasible trials first (clean_acc >= min_clean_acc); then the audited finalists by their
     audited figure, then trials that saw every image or epoch, then those the scheduler stopped;
-    within each, by ``metric``, clean_acc, fewer passes."""
+    within each, by ``metric`` (finalists by the audited figure, then ``metric``), clean_acc, fewer
+    passes, and last the trial id: ties are common (identical configurations, an identity layer),
+    and the search's summary, ``report`` and ``export`` read the trials in different orders, so
+    without it they could name different winners."""
     floor = min_clean_acc or 0.0
     return sorted(rows, key=lambda r: (r["clean_acc"] < floor, AUDITED not in r, bool(r.get("stopped_early")),
-                                       -r.get(AUDITED, r[metric]), -r["clean_acc"], r["passes"]))
+                                       -r.get(AUDITED, r[metric]), -r[metric], -r["clean_acc"], r["passes"],
+                                       str(r.get("trial_id", ""))))
 
 
 def pareto_front(rows: list[dict[str, Any]], metric: str) -> list[dict[str, Any]]:

@@ -172,6 +172,18 @@ def test_audited_finalists_rank_first_by_their_audited_figure_and_stopped_trials
     assert [r["id"] for r in rank(rows, "robust_acc")] == ["honest", "masked", "plain", "lucky"]
 
 
+def test_tied_finalists_rank_the_same_in_any_order_the_trials_are_read():
+    # The 48-trial search's finalists tied on the audited figure (the identity at position 5): the
+    # search's summary and `export` read the trials in different orders and named different winners.
+    rows = [{"trial_id": "d53ac3c5", "clean_acc": 0.756, "robust_acc": 0.394, "audited_robust_acc": 0.344, "passes": 2},
+            {"trial_id": "8f82ae4e", "clean_acc": 0.756, "robust_acc": 0.394, "audited_robust_acc": 0.344, "passes": 2},
+            {"trial_id": "04f2b24e", "clean_acc": 0.756, "robust_acc": 0.396, "audited_robust_acc": 0.344, "passes": 2},
+            {"trial_id": "c70bed07", "clean_acc": 0.756, "robust_acc": 0.396, "audited_robust_acc": 0.343, "passes": 3}]
+    want = ["04f2b24e", "8f82ae4e", "d53ac3c5", "c70bed07"]  # audited, then the search's figure, then the id
+    for order in (rows, rows[::-1], rows[1:] + rows[:1]):
+        assert [r["trial_id"] for r in rank(order, "robust_acc")] == want
+
+
 def test_a_resumed_trial_finds_its_recorded_result_by_id_or_by_configuration():
     from trainables.assets import Recorded, config_params
 
