@@ -86,9 +86,15 @@ def summary_lines(outcome: Outcome) -> list[str]:
     return lines
 
 
+#: Said of a finalist whose defense changes no output of the undefended model (its ``identity``
+#: metric): its gain is then the attacks' noise between a randomised and a deterministic model.
+IDENTITY = "it is the identity: it changes no output of the undefended model"
+
+
 def verdict(best: dict[str, Any]) -> str:
     """The search's answer in one sentence: the best audited finalist's gain in worst-case robust
-    accuracy over the undefended base on the fresh images, with its paired 95% interval."""
+    accuracy over the undefended base on the fresh images, with its paired 95% interval (and, when
+    that finalist changes no output, that it is the identity: no defense at all)."""
     audit = best["audit"]
     gain, low, high = (100 * audit[k] for k in ("robust_gain", "robust_gain_low", "robust_gain_high"))
     images = int(audit["images"])
@@ -96,7 +102,8 @@ def verdict(best: dict[str, Any]) -> str:
         return (f"the best defense adds {gain:.1f} points (95% CI {low:.1f}..{high:.1f}) of worst-case robust "
                 f"accuracy over the undefended model on {images} fresh images")
     return (f"no defense adds robustness distinguishable from zero (best: {gain:+.1f} points, 95% CI "
-            f"{low:+.1f}..{high:+.1f}, on {images} fresh images)")
+            f"{low:+.1f}..{high:+.1f}, on {images} fresh images" + ("; " + IDENTITY if best.get("identity") else "")
+            + ")")
 
 
 def print_summary(outcome: Outcome) -> None:
@@ -182,4 +189,5 @@ def audit_line(row: dict[str, Any], metric: str) -> str:
              else "no indicator of a failed attack")
     gain = (f"; over the base {interval(row['audit'], 'robust_gain')}" if "robust_gain" in row["audit"] else "")
     return (f"{row['trial_id']}: {metric} {row[metric]:.4f} -> audited {row[AUDITED]:.4f}{gain} (images broken, %: "
-            f"{by}; unbounded leaves {100 * row['audit']['unbounded_acc']:.1f}%); {state}")
+            f"{by}; unbounded leaves {100 * row['audit']['unbounded_acc']:.1f}%); {state}"
+            + ("; " + IDENTITY if row.get("identity") else ""))

@@ -128,3 +128,17 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
 def _count(correct: dict, counted: dict, name: str, hits: torch.Tensor) -> None:
     correct[name] = correct.get(name, 0) + int(hits.sum())
     counted[name] = counted.get(name, 0) + len(hits)
+
+
+@torch.no_grad()
+def changes_output(model: nn.Module, reference: nn.Module, images: torch.Tensor, *, draws: int = 4) -> bool:
+    """Whether ``model`` gives any output other than ``reference``'s on ``images``, (N, C, H, W)
+    floats in [0, 1], in any of ``draws`` forward passes (each a fresh draw of its randomness).
+
+    False means the defense is the identity on these images: SmoothBlock with ``mean="channel"``
+    after the global pooling (position 5, a 1x1 map whose per-channel mean is the unit itself), or
+    a keep probability that covers nothing. Outputs are compared within float tolerance (rtol
+    1e-5, atol 1e-6), not bit for bit, because an ensemble's average of identical passes rounds.
+    """
+    expected = reference(images)
+    return any(not torch.allclose(model(images), expected, rtol=1e-5, atol=1e-6) for _ in range(draws))

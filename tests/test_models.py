@@ -3,6 +3,7 @@ import torch
 import torchvision
 
 from smoothblock import Config, SmoothBlock, build_model, create_model, insert_after
+from smoothblock.evaluation import changes_output
 from smoothblock.models.resnet_cifar import POSITION_SIZES
 
 
@@ -33,6 +34,24 @@ def test_defended_model_is_random_in_eval_mode_and_plain_model_is_not():
     assert torch.equal(plain(x), plain(x))
     train_only = build_model(Config(defense_at="train")).eval()
     assert torch.equal(train_only(x), train_only(x))
+
+
+def test_smoothblock_after_the_pooling_with_channel_means_is_the_identity():
+    # Position 5 follows the global pooling: a 1x1 map, whose per-channel mean is the unit itself.
+    # The 48-trial search's finalists were this no-op; the search flags it (`identity`).
+    x = torch.rand(32, 3, 32, 32)
+    plain = build_model(Config(method="none")).eval()
+
+    def defended(**fields):
+        model = build_model(Config(**fields)).eval()
+        model.load_state_dict(plain.state_dict())
+        return model
+
+    assert not changes_output(plain, plain, x)
+    assert not changes_output(defended(positions=(5,), keep_prob=0.5, mean="channel"), plain, x)
+    assert not changes_output(defended(positions=(5,), keep_prob=0.5, mean="channel", ensemble=3), plain, x)
+    assert changes_output(defended(positions=(5,), keep_prob=0.5, mean="sample"), plain, x)  # across channels
+    assert changes_output(defended(positions=(1,), keep_prob=0.7, mean="channel"), plain, x)
 
 
 def test_weights_are_shared_by_all_defenses():

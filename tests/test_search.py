@@ -88,6 +88,7 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
             if metrics["images"] == 8 else True
         assert metrics["robust_gain_low"] <= metrics["robust_gain"] <= metrics["robust_gain_high"]
         assert metrics["clean_cost_low"] <= metrics["clean_cost"] <= metrics["clean_cost_high"]
+        assert metrics["identity"] == 0.0  # positions 1-2, keep prob <= 0.9: every defense changes outputs
         artifact = client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id))
         cfg = Config.load(artifact)
         assert cfg.keep_prob == float(params["keep_prob"]) and cfg.data == str(image_folder)

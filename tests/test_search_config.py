@@ -184,6 +184,16 @@ def test_tied_finalists_rank_the_same_in_any_order_the_trials_are_read():
         assert [r["trial_id"] for r in rank(order, "robust_acc")] == want
 
 
+def test_the_verdict_says_when_the_best_finalist_is_the_identity():
+    from search.report import IDENTITY, verdict
+
+    audit = {"robust_gain": 0.002, "robust_gain_low": -0.003, "robust_gain_high": 0.007, "images": 1000}
+    assert verdict({"audit": audit, "identity": 1.0}) == (
+        "no defense adds robustness distinguishable from zero (best: +0.2 points, 95% CI -0.3..+0.7, "
+        f"on 1000 fresh images; {IDENTITY})")
+    assert IDENTITY not in verdict({"audit": audit, "identity": 0.0}) and IDENTITY not in verdict({"audit": audit})
+
+
 def test_a_resumed_trial_finds_its_recorded_result_by_id_or_by_configuration():
     from trainables.assets import Recorded, config_params
 

@@ -15,7 +15,8 @@ from ray import tune
 
 from smoothblock import Config
 from smoothblock.attacks import ATTACKS
-from smoothblock.evaluation import evaluate
+from smoothblock.data import to_float
+from smoothblock.evaluation import changes_output, evaluate
 from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
 from smoothblock.train import resolve_device
@@ -35,15 +36,22 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets,
     ``val_images`` validation images; yields the running metrics after each chunk: ``clean_acc``,
     ``robust_acc``, each attack's ``<name>_acc`` or ``<name>_broke``, ``images`` (so far), ``passes``
     and, where the assets hold the base's figures, the gain over it with its intervals
-    (:func:`trainables.baseline.gains`). ``outcomes``: filled with the per-image ``clean`` and
+    (:func:`trainables.baseline.gains`) and ``identity`` (1.0 when the defense changes no output of
+    the undefended model on the first chunk's clean images: a no-op, however it scores). ``outcomes``: filled with the per-image ``clean`` and
     ``robust`` outcomes so far, as :func:`smoothblock.evaluation.evaluate` gives them."""
     device = resolve_device(cfg.device)
     torch.set_grad_enabled(True)
     model = model_from_state(cfg, assets.state_dict, device=device, source=str(search.model))
-    if search.attack_bf16:
-        model = Autocast(model, device.type)
     val = assets.splits.val
     total = min(search.val_images, len(val))
+    identity = {}
+    if assets.baseline is not None:  # compared in float32, before the attacks' bfloat16 autocast
+        base = model_from_state(assets.base.replace(method="none"), assets.state_dict, device=device,
+                                source=str(search.model))
+        first = to_float(val.images[:min(total, search.chunk_images)], device)
+        identity = {"identity": float(not changes_output(model, base, first))}
+    if search.attack_bf16:
+        model = Autocast(model, device.type)
     sums: dict[str, float] = {}
     per_image: dict[str, list[torch.Tensor]] = {"clean": [], "robust": []}
     for chunk, start in enumerate(range(0, total, search.chunk_images)):
@@ -66,6 +74,7 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets,
         running["passes"] = cfg.passes
         running[SCHEDULER_METRIC] = asha_score(running)
         running.update(gains(so_far["clean"], so_far["robust"], assets.baseline))
+        running.update(identity)
         yield running
 
 
