@@ -131,7 +131,8 @@ def _count(correct: dict, counted: dict, name: str, hits: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def changes_output(model: nn.Module, reference: nn.Module, images: torch.Tensor, *, draws: int = 4) -> bool:
+def changes_output(model: nn.Module, reference: nn.Module, images: torch.Tensor, *, draws: int = 4,
+                   seed: int = 0) -> bool:
     """Whether ``model`` gives any output other than ``reference``'s on ``images``, (N, C, H, W)
     floats in [0, 1], in any of ``draws`` forward passes (each a fresh draw of its randomness).
 
@@ -139,6 +140,11 @@ def changes_output(model: nn.Module, reference: nn.Module, images: torch.Tensor,
     after the global pooling (position 5, a 1x1 map whose per-channel mean is the unit itself), or
     a keep probability that covers nothing. Outputs are compared within float tolerance (rtol
     1e-5, atol 1e-6), not bit for bit, because an ensemble's average of identical passes rounds.
+    The draws are seeded with ``seed`` inside a forked RNG: the answer is the same on every run (a
+    rarely-covering defense on few images could otherwise flip it) and the caller's random state
+    is untouched.
     """
-    expected = reference(images)
-    return any(not torch.allclose(model(images), expected, rtol=1e-5, atol=1e-6) for _ in range(draws))
+    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+        torch.manual_seed(seed)
+        expected = reference(images)
+        return any(not torch.allclose(model(images), expected, rtol=1e-5, atol=1e-6) for _ in range(draws))

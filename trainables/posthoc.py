@@ -49,7 +49,7 @@ def score_chunks(cfg: Config, search: Scoring, assets: Assets,
         base = model_from_state(assets.base.replace(method="none"), assets.state_dict, device=device,
                                 source=str(search.model))
         first = to_float(val.images[:min(total, search.chunk_images)], device)
-        identity = {"identity": float(not changes_output(model, base, first))}
+        identity = {"identity": float(not changes_output(model, base, first, seed=search.search_seed))}
     if search.attack_bf16:
         model = Autocast(model, device.type)
     sums: dict[str, float] = {}
