@@ -1,7 +1,7 @@
-"""EOT-PGD as a trial runs it now (smoothblock.eot: one draw where nothing is random, the draws
+"""EOT-PGD as a trial runs it now (smoothblock.attacks.eot: one draw where nothing is random, the draws
 batched with the deterministic prefix computed once) against torchattacks' EOTPGD (the loop every
 trial ran before), on the robust base; with ``--attack apgd``, APGD-CE as the audit's AA-rand runs
-it (smoothblock.apgd) against torchattacks' APGD (its highest-loss iterate, as the audit used it).
+it (smoothblock.attacks.apgd) against torchattacks' APGD (its highest-loss iterate, as the audit used it).
 
 Protocol, in one run on a quiet machine: ``resnet20-cifar10-fgsm-at`` prepared as the trials'
 models are (folded batch norms, channels_last), the first ``--images`` validation images (split
@@ -30,8 +30,8 @@ import torchattacks
 import smoothblock
 from smoothblock.attacks import predict
 from smoothblock.data import load_splits, to_float
-from smoothblock.apgd import apgd
-from smoothblock.eot import eot_pgd
+from smoothblock.attacks.apgd import apgd
+from smoothblock.attacks.eot import eot_pgd
 
 DEFENSES = {
     "none": {},

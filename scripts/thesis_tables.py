@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from smoothblock.reproduce.thesis import THESIS
+from reproduction.thesis import THESIS
 
 # Thesis Table 4.1 (percent): clean, PGD accuracy, C&W ASR, C&W accuracy.
 THESIS_41 = {row: tuple(t.get(k) for k in ("clean_acc", "pgd_acc", "cw_asr", "cw_acc"))

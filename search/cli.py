@@ -1,21 +1,23 @@
-"""The ``smoothblock`` console script: the library's ``train`` and ``evaluate``, plus ``search``,
-``export`` and ``ui``. It lives here, at the top, so the library imports nothing above it.
+"""The ``smoothblock`` console script, the project's one command line: ``train``, ``evaluate`` and
+``reproduce`` (:mod:`search.model_commands`), ``search``, ``export``, ``report`` and ``ui`` (here).
+It lives in the application, so the library (:mod:`smoothblock`) imports no command line.
 
 Bad input ends with one line on stderr and exit status 2, before anything is created.
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import signal
-import subprocess
 import sys
-import time
 from urllib.parse import urlparse
 
-from smoothblock.cli import OneLineParser, add_commands, add_field_flags, run
+from smoothblock.errors import SmoothBlockError
 
+from . import model_commands
 from .config import SearchConfig, list_presets
+from .flags import OneLineParser, add_field_flags, add_shared
+from .serve import serve
 
 #: Search settings that are also flags (the rest live in the YAML: base, space, points_to_evaluate).
 FLAGS = tuple(name for name in SearchConfig.model_fields
@@ -30,11 +32,10 @@ def add_search_commands(sub) -> None:
     search.add_argument("--config", default=None, help="YAML search configuration; with --preset it overrides the preset "
                              "(base and space merge key by key)")
     search.add_argument("--resume", metavar="NAME", default=None, help="finish the interrupted search NAME")
-    search.add_argument("--data", default=None, help="base.data: cifar10 (torchvision download) or an ImageFolder folder")
+    add_shared(search, "data", default=None, help="base.data: cifar10 (torchvision download) or an ImageFolder folder")
     add_field_flags(search, SearchConfig, FLAGS)
     search.add_argument("--address", default=None, help="auto or HOST:PORT of a Ray cluster (default: a local Ray)")
-    search.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
-                        help="tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    add_shared(search, "mlflow_uri")
     search.add_argument("--storage", default=None,
                         help="results and checkpoints: a path every node sees, or s3://... (default ./ray_results)")
     search.add_argument("--verbose", action="store_true",
@@ -48,21 +49,18 @@ def add_search_commands(sub) -> None:
     which.add_argument("--top", type=int, default=1, help="the K best trials (default 1)")
     which.add_argument("--pareto", action="store_true", help="the Pareto front (clean_acc, robust accuracy, passes)")
     export.add_argument("-o", "--output", default="best.yaml", help="file to write (several: best-1.yaml, ...)")
-    export.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
-                        help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    add_shared(export, "mlflow_uri")
     export.set_defaults(handler=run_export)
 
     rep = sub.add_parser("report", help="a search's summary from MLflow: best trials, audit, Pareto front, "
                                           "parameter importances")
     rep.add_argument("name", help="the search's name")
     rep.add_argument("-o", "--output", default=None, help="also write it as Markdown to this file")
-    rep.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
-                     help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    add_shared(rep, "mlflow_uri")
     rep.set_defaults(handler=run_report)
 
     ui = sub.add_parser("ui", help="the MLflow UI for the tracking store in use, on 127.0.0.1")
-    ui.add_argument("--mlflow_uri", "--mlflow-uri", dest="mlflow_uri", default=None,
-                    help="tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///./mlflow.db)")
+    add_shared(ui, "mlflow_uri")
     ui.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
     ui.add_argument("--port", type=int, default=5000, help="port of the UI")
     ui.set_defaults(handler=run_ui)
@@ -122,55 +120,27 @@ def run_ui(args: argparse.Namespace) -> int:
     return serve(command)
 
 
-class _Stop(Exception):
-    pass
-
-
-def serve(command: list[str]) -> int:
-    """Run a server until it exits or this process gets SIGINT, SIGTERM or SIGHUP; then stop the
-    server and everything it started (mlflow server runs uvicorn and job workers beside it).
-
-    The server gets a process group of its own, so a signal reaches it only through here and the
-    whole group goes down together: SIGTERM, then SIGKILL after 10 s."""
-    def stop(signum, frame):
-        raise _Stop
-
-    handlers = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    proc = None
-    try:
-        proc = subprocess.Popen(command, env=os.environ.copy(), start_new_session=True)
-        return proc.wait()
-    except _Stop:
-        return 0
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        if proc is not None:
-            _stop_group(proc)
-
-
-def _stop_group(proc: subprocess.Popen) -> None:
-    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:  # the group is gone
-            return
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            proc.poll()
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.2)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(prog="smoothblock", description="SmoothBlock: train, evaluate and search defended models")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
-    add_commands(sub)
+    model_commands.add_train(sub)
+    model_commands.add_evaluate(sub)
+    model_commands.add_reproduce(sub)
     add_search_commands(sub)
     return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; bad input -> one line on stderr and status 2."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        return args.handler(args)
+    except SmoothBlockError as exc:
+        print(f"smoothblock: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("smoothblock: interrupted", file=sys.stderr)
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

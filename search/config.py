@@ -86,8 +86,8 @@ class SearchConfig(Settings):
         "the gradients then pass through bf16 activations: compare with float32 before trusting it"))
     scheduler: str = Field("asha", description="asha (Tune's ASHAScheduler over chunks or epochs) or fifo "
                                                "(every trial runs to the end)")
-    eot_iter: int = Field(AttackSettings.eot_iter, ge=1, description="draws of the defense per EOT step")
-    eot_steps: int = Field(AttackSettings.eot_steps, ge=1, description="steps of the EOT attacks")
+    eot_iter: int = Field(AttackSettings.model_fields["eot_iter"].default, ge=1, description="draws of the defense per EOT step")
+    eot_steps: int = Field(AttackSettings.model_fields["eot_steps"].default, ge=1, description="steps of the EOT attacks")
     fgsm_eps: IntList = Field((8,), description="FGSM's eps in 1/255 when the suite holds fgsm: one run per eps")
     min_clean_acc: float | None = Field(None, ge=0, le=1, description="trials below this clean accuracy are "
                                                                       "infeasible (an Optuna constraint)")

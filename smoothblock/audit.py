@@ -88,7 +88,7 @@ def audit(model: nn.Module, dataset: TensorDataset, *, suite: tuple[str, ...], i
     """
     order = audit_order(suite)
     # Every attack gets every image: the audit is on few finalists and decides the winner.
-    settings = dataclasses.replace(settings, eot_images=max(settings.eot_images, images if images is not None else len(dataset)))
+    settings = settings.replace(eot_images=max(settings.eot_images, images if images is not None else len(dataset)))
     common = dict(images=images, settings=settings, seed=seed, device=device, num_classes=num_classes,
                   batch_size=batch_size, progress=progress)
     metrics = evaluate(model, dataset, attacks=order, cascade=True, precomputed=precomputed, outcomes=outcomes,

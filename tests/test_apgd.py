@@ -1,4 +1,4 @@
-"""APGD on the batched EOT gradient (smoothblock.apgd): torchattacks' iterates where nothing is
+"""APGD on the batched EOT gradient (smoothblock.attacks.apgd): torchattacks' iterates where nothing is
 random, one draw there, and every draw's prefix run once where something is."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 import torchattacks
 
 from smoothblock import Config
-from smoothblock.apgd import apgd, dlr_loss
+from smoothblock.attacks.apgd import apgd, dlr_loss
 from smoothblock.defended import build_model
 
 

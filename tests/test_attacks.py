@@ -5,7 +5,7 @@ from torch import nn
 
 from smoothblock import SelfEnsemble, SmoothBlock
 from smoothblock.attacks import ATTACKS, AttackSettings, defense_off, get_attack, metric_names
-from smoothblock.cw import _PerSampleCW, cw_l2_targeted
+from smoothblock.attacks.cw import _PerSampleCW, cw_l2_targeted
 from smoothblock.data import TensorDataset
 from smoothblock.evaluation import evaluate
 
@@ -119,7 +119,7 @@ def test_cw_binary_search_reaches_the_targets_with_small_l2():
     data = _data(20)
     x, y = data.images.float() / 255, data.labels
     targets = (y + 1) % 10
-    adv = cw_l2_targeted(Brightness(), x, targets, AttackSettings(cw_steps=30, cw_lr=0.05))
+    adv = cw_l2_targeted(Brightness(), x, targets, steps=30, lr=0.05)
     pred = Brightness()(adv).argmax(1)
     assert (pred == targets).float().mean() >= 0.9
     # Moving the mean by one class (0.04) costs about 0.04^2 * 192 ~ 0.3 in squared L2.

@@ -100,7 +100,7 @@ def test_each_check_fails_when_its_indicator_is_removed(monkeypatch):
 
 
 def test_a_posthoc_search_crafts_the_transfer_examples_once(image_folder, tmp_path, monkeypatch):
-    import smoothblock.attacks as attacks
+    import smoothblock.attacks.pgd as attacks  # the transfer attack switches the defense off there
     from search.config import SearchConfig
     from trainables.assets import load_assets
     from trainables.posthoc import score

@@ -10,7 +10,7 @@ import torch
 
 from smoothblock import Config
 from smoothblock.checkpoint import save_training_state, save_weights
-from smoothblock.cli import main
+from search.cli import main
 from smoothblock.models import create_model
 
 from .conftest import fails_in_one_line
@@ -150,7 +150,7 @@ def test_without_data_and_without_internet_evaluate_names_the_dataset_and_the_fl
     # No network: every download goes to a proxy that refuses connections.
     env = {**os.environ, "https_proxy": "http://127.0.0.1:9", "http_proxy": "http://127.0.0.1:9",
            "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9", "no_proxy": ""}
-    proc = subprocess.run([sys.executable, "-m", "smoothblock.cli", "evaluate", "--model", "resnet20-cifar10",
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "evaluate", "--model", "resnet20-cifar10",
                            "--cache_dir", str(tmp_path / "cache"), "--quiet"],
                           capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
@@ -160,12 +160,12 @@ def test_without_data_and_without_internet_evaluate_names_the_dataset_and_the_fl
 def test_console_script_exit_status_and_one_line(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("gamma: sometimes\n")
-    proc = subprocess.run([sys.executable, "-m", "smoothblock.cli", "train", "--config", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "train", "--config", str(path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr == "smoothblock: error: c.yaml: gamma: must be one of calibrated, thesis, got 'sometimes'\n".replace(
         "c.yaml", str(path))
-    proc = subprocess.run([sys.executable, "-m", "smoothblock.cli", "evaluate"], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "search.cli", "evaluate"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1
 
 

@@ -1,4 +1,4 @@
-"""Batched EOT (smoothblock.eot): one draw where nothing is random, the loop's gradient otherwise."""
+"""Batched EOT (smoothblock.attacks.eot): one draw where nothing is random, the loop's gradient otherwise."""
 from __future__ import annotations
 
 import pytest
@@ -9,7 +9,7 @@ from smoothblock import Config
 from smoothblock.attacks import AttackSettings, get_attack
 from smoothblock.defended import build_model
 from smoothblock.ensemble import SelfEnsemble
-from smoothblock.eot import draw_logits, eot_gradient, eot_pgd, is_random
+from smoothblock.attacks.eot import draw_logits, eot_gradient, eot_pgd, is_random
 
 
 def _model(position: int = 3, method: str = "smoothblock", keep_prob: float = 0.7) -> torch.nn.Module:

@@ -65,3 +65,54 @@ def test_every_example_is_a_valid_configuration(path):
         assert compose("posthoc", str(path)).trials >= 1
     else:
         assert Config.load(path).out_dir.startswith("runs/")
+
+
+def _imports(package: str) -> dict[str, set[str]]:
+    """Every module of ``package`` -> the top-level names it imports (also inside functions)."""
+    import ast
+
+    found = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+        found[str(path.relative_to(ROOT))] = names
+    return found
+
+
+#: What each package may not import: the library nothing of the application, the trainables
+#: nothing of the search, the thesis reproduction nothing of the search.
+FORBIDDEN = {
+    "smoothblock": {"argparse", "matplotlib", "torchcam", "ray", "optuna", "mlflow", "trainables", "search",
+                    "reproduction"},
+    "trainables": {"search", "reproduction", "argparse", "optuna", "mlflow"},
+    "reproduction": {"search", "trainables", "argparse", "ray", "optuna", "mlflow"},
+}
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_imports_flow_one_way_and_the_library_holds_no_application(package):
+    wrong = {module: sorted(names & FORBIDDEN[package]) for module, names in _imports(package).items()
+             if names & FORBIDDEN[package]}
+    assert not wrong, f"{package} imports what it must not: {wrong}"
+
+
+def test_the_attacks_package_has_no_import_circle():
+    import ast
+
+    package = ROOT / "smoothblock" / "attacks"
+    edges = {}
+    for path in package.glob("*.py"):
+        deps = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                deps |= {node.module} if node.module else {alias.name for alias in node.names}
+        edges[path.stem] = deps - {"__init__"}
+    # A module may import a sibling only if that sibling (transitively) never imports it back.
+    def reaches(start: str, goal: str, seen: frozenset = frozenset()) -> bool:
+        return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in edges.get(start, ()))
+    circles = sorted(m for m in edges if m != "__init__" and reaches(m, m))
+    assert not circles, f"import circles through {circles}"

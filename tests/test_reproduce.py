@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from smoothblock.reproduce import BUDGETS, EXPERIMENT_IDS, reproduce
-from smoothblock.reproduce.plan import MAX_ROWS, MODELS, Row, cell_batch_size, cell_settings, experiments, suite_attacks
-from smoothblock.reproduce.runner import recipe_path
-from smoothblock.reproduce.thesis import THESIS
+from reproduction import BUDGETS, EXPERIMENT_IDS, reproduce
+from reproduction.plan import MAX_ROWS, MODELS, Row, cell_batch_size, cell_settings, experiments, suite_attacks
+from reproduction.runner import recipe_path
+from reproduction.thesis import THESIS
 
 
 def test_every_thesis_row_is_in_the_plan_and_every_model_has_weights_or_a_recipe():
@@ -93,7 +93,7 @@ def test_smoke_budget_runs_the_whole_pipeline_and_resumes(image_folder, tmp_path
 
 def test_bad_input_is_one_line_and_status_2(tmp_path):
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "smoothblock.cli", "reproduce", *args], capture_output=True,
+        return subprocess.run([sys.executable, "-m", "search.cli", "reproduce", *args], capture_output=True,
                               text=True, cwd=tmp_path, timeout=120)
     bad = run("--budget", "huge")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "huge" in bad.stderr

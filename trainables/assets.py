@@ -195,7 +195,7 @@ def cached_transfer(network: torch.nn.Module, state_dict: dict[str, torch.Tensor
     under a key of the weights' and images' contents, the attack settings, the seed, the device type
     and the versions: a search started again on the same model and images does not craft them again."""
     content = {"format": TRANSFER_FORMAT, "weights": weights_digest(state_dict), "images": fingerprint(val),
-               "settings": dataclasses.asdict(settings), "seed": seed, "device": device.type,
+               "settings": settings.to_dict(), "seed": seed, "device": device.type,
                "torch": torch.__version__, "torchattacks": torchattacks.__version__}
     key = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
     path = cache_root(cache_dir) / "transfer" / f"{key}.safetensors"

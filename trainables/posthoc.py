@@ -91,7 +91,7 @@ def undefended_score(search: Scoring, assets: Assets) -> Baseline:
     defense; read from the cache folder when the same base was scored the same way before."""
     cfg = assets.base.replace(method="none")
     device = resolve_device(cfg.device)
-    scoring = {"attacks": list(search.attacks), "settings": dataclasses.asdict(search.attack_settings()),
+    scoring = {"attacks": list(search.attacks), "settings": search.attack_settings().to_dict(),
                "seed": search.search_seed, "val_images": search.val_images, "chunk_images": search.chunk_images,
                "rows": attack_batch(cfg, search.attack_rows, device), "bf16": search.attack_bf16}
     val = assets.splits.val.take(slice(0, min(search.val_images, len(assets.splits.val))))

@@ -1,10 +1,10 @@
-"""APGD (Croce & Hein 2020) on the batched EOT gradient of :mod:`smoothblock.eot`.
+"""APGD (Croce & Hein 2020) on the batched EOT gradient of :mod:`smoothblock.attacks.eot`.
 
 torchattacks' APGD (a port of AutoAttack's) computes each of its ``eot_iter`` draws as a full
 forward and backward pass, one after another. This is the same algorithm, step for step (the
 start, the momentum step, the projections, the step-size halving at the checkpoints of the
 oscillation test), with one change of how, not what: the loss and gradient of every step come
-from :func:`smoothblock.eot.eot_loss_gradient`, so the draws go through the model as one batch
+from :func:`smoothblock.attacks.eot.eot_loss_gradient`, so the draws go through the model as one batch
 behind a deterministic prefix computed once, and a model with nothing random gets one draw. On a
 deterministic model it gives torchattacks' iterates (``tests/test_apgd.py``).
 
@@ -12,6 +12,9 @@ One choice differs where torchattacks is arbitrary: the loss that picks each ima
 and drives the step-size test is the mean over the draws, where torchattacks keeps the last
 draw's. The adversarial example is then the iterate that fools the defense on average, which is
 what a fresh draw scores; with one draw the two are the same.
+
+The registry's ``apgd`` (APGD-CE) and ``autoattack_rand`` (AutoAttack's version for randomised
+defenses: APGD-CE, then APGD-DLR on the images the first left) are built here.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .base import Attack, Crafter, predict
 from .eot import PerImageLoss, cross_entropy, eot_draws, eot_loss_gradient
+from .settings import AttackSettings
 
 
 def dlr_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -125,3 +130,38 @@ def _oscillates(loss_steps: np.ndarray, j: int, k: int, rho: float) -> np.ndarra
 def _l2(t: torch.Tensor) -> torch.Tensor:
     """Per-image L2 norms, (N, 1, 1, 1)."""
     return (t ** 2).sum(dim=(1, 2, 3), keepdim=True).sqrt()
+
+
+def _apgd(model: nn.Module, s: AttackSettings) -> Crafter:
+    """APGD-CE, returning each image's highest-loss iterate: torchattacks' forward returns the
+    clean image of every image no single draw misclassified during the run, which a fresh draw then
+    scores as robust."""
+    return lambda images, labels: apgd(model, images, labels, eps=s.radius, steps=s.apgd_steps, norm=s.norm,
+                                       loss="ce", draws=s.eot_iter)
+
+
+def _autoattack_rand(model: nn.Module, s: AttackSettings) -> Crafter:
+    """AutoAttack's version for randomised defenses (Croce & Hein 2020): APGD-CE, then APGD-DLR on
+    the images the first left, each with ``aa_eot_iter`` draws per gradient."""
+    def run(images: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+        return apgd(model, images, labels, eps=s.radius, steps=s.aa_steps, norm=s.norm, loss=loss,
+                    draws=s.aa_eot_iter)
+
+    def craft(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        adv = run(images, labels, "ce")
+        left = predict(model, adv) == labels
+        if left.any():
+            adv[left] = run(images[left], labels[left], "dlr")
+        return adv
+    return craft
+
+
+APGD = Attack(
+    "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_images",
+    build=lambda m, s, k, seed: {"apgd_acc": _apgd(m, s)},
+    cost=lambda s: s.apgd_steps * s.eot_iter)
+AUTOATTACK_RAND = Attack(
+    "autoattack_rand", "AutoAttack version rand: APGD-CE, then APGD-DLR, aa_steps steps of aa_eot_iter draws",
+    "AA-rand", limit="eot_images",
+    build=lambda m, s, k, seed: {"autoattack_rand_acc": _autoattack_rand(m, s)},
+    cost=lambda s: 2 * s.aa_steps * s.aa_eot_iter)

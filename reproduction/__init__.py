@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import load_checkpoint, read_provenance
-from ..data import fingerprint, load_dataset
-from ..errors import ConfigError
-from ..train import resolve_device
-from ..version import commit
+from smoothblock.checkpoint import load_checkpoint, read_provenance
+from smoothblock.data import fingerprint, load_dataset
+from smoothblock.errors import ConfigError
+from smoothblock.train import resolve_device
+from smoothblock.version import commit
 from . import figures
 from . import plan as _plan
 from .plan import _SB, BASE, BUDGETS, EXPERIMENT_IDS, SMOOTHBLOCK, Budget, Row

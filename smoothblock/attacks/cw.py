@@ -8,21 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import TYPE_CHECKING
 
 import torch
 import torchattacks
 from torch import nn
 
-if TYPE_CHECKING:
-    from .attacks import AttackSettings
-
-
-@torch.no_grad()
-def predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Labels from one forward pass of ``model``; (N, C, H, W) -> (N,)."""
-    return model(images).argmax(dim=1)
-
+from .base import Attack, predict
 
 class _PerSampleCW(torchattacks.CW):
     """torchattacks' CW with a per-sample c and the target masked out of the "other" maximum.
@@ -83,14 +74,16 @@ def _targeted(attack: torchattacks.Attack, targets: torch.Tensor) -> torchattack
     return attack
 
 
-def cw_l2_targeted(model: nn.Module, images: torch.Tensor, targets: torch.Tensor,
-                   settings: "AttackSettings") -> torch.Tensor:
-    """Targeted C&W L2 with a binary search over c for every sample.
+def cw_l2_targeted(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, search_steps: int = 10,
+                   steps: int = 10, lr: float = 0.01, initial_c: float = 0.01, kappa: float = 0.0) -> torch.Tensor:
+    """Targeted C&W L2 with a binary search over c for every sample (the defaults are ART 0.4's).
 
     Args:
         model: the defended model, images in [0, 1] -> logits.
         images: (N, C, H, W) in [0, 1].
         targets: (N,) target classes.
+        search_steps: binary-search steps over c; steps: optimisation steps per c; lr: Adam's
+            learning rate; initial_c: the first c; kappa: the confidence margin.
 
     Returns:
         Adversarial images (N, C, H, W): for each sample the smallest-L2 image that was classified
@@ -98,14 +91,13 @@ def cw_l2_targeted(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     """
     n = len(images)
     device = images.device
-    c = torch.full((n,), settings.cw_initial_c, device=device)
+    c = torch.full((n,), initial_c, device=device)
     lower = torch.zeros(n, device=device)
     upper = torch.full((n,), 1e10, device=device)
     best = images.clone()
     best_l2 = torch.full((n,), float("inf"), device=device)
-    for _ in range(settings.cw_search_steps):
-        attack = _targeted(_PerSampleCW(model, c, kappa=settings.cw_kappa, steps=settings.cw_steps,
-                                        lr=settings.cw_lr), targets)
+    for _ in range(search_steps):
+        attack = _targeted(_PerSampleCW(model, c, kappa=kappa, steps=steps, lr=lr), targets)
         adv = attack(images, targets)
         l2 = (adv - images).flatten(1).pow(2).sum(1)
         success = (predict(model, adv) == targets) & (l2 > 0)
@@ -120,7 +112,10 @@ def cw_l2_targeted(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     return best
 
 
-def random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
-    """A uniformly drawn wrong class per label, (N,) -> (N,), on the CPU."""
-    shift = torch.randint(1, num_classes, labels.shape, generator=generator)
-    return (labels.cpu() + shift) % num_classes
+
+CW = Attack(
+    "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", "C&W", limit="cw_images", targeted=True,
+    build=lambda m, s, k, seed: {"cw_acc": lambda images, targets: cw_l2_targeted(
+        m, images, targets, search_steps=s.cw_search_steps, steps=s.cw_steps, lr=s.cw_lr, initial_c=s.cw_initial_c,
+        kappa=s.cw_kappa)},
+    cost=lambda s: s.cw_search_steps * s.cw_steps)

@@ -11,19 +11,19 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torchattacks
 
-from ..checkpoint import atomic_write, load_checkpoint
-from ..config import Config
-from ..data import TensorDataset
-from ..errors import ConfigError
-from ..evaluation import evaluate
-from ..hub import WEIGHTS_DIR, apply_overrides, model_from_state
+from smoothblock.checkpoint import atomic_write, load_checkpoint
+from smoothblock.config import Config
+from smoothblock.data import TensorDataset
+from smoothblock.errors import ConfigError
+from smoothblock.evaluation import evaluate
+from smoothblock.hub import WEIGHTS_DIR, apply_overrides, model_from_state
 from .plan import BATCH_SIZE, Budget, Row, cell_batch_size, cell_settings, suite_attacks
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ def train_model(name: str, *, data: str, work_dir: Path, budget: Budget, device:
                 cache_dir: str | None, progress: bool) -> ModelFile:
     """Train ``name`` from its shipped recipe (resuming a run this work folder started), with the
     budget's overrides (the smoke budget's one short epoch), on ``data``'s training split."""
-    from ..train import train
+    from smoothblock.train import train
 
     recipe = recipe_path(name)
     if not recipe.is_file():
@@ -92,7 +92,7 @@ def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int, 
     content = {"format": CELL_FORMAT, "model": model.sha256, "data": data,
                "defense": [[k, list(v) if isinstance(v, tuple) else v] for k, v in row.defense],
                "suite": suite, "attacks": attacks, "cascade": cascade, "images": budget.images, "seed": seed,
-               "settings": asdict(cell_settings(budget, row)), "torch": torch.__version__,
+               "settings": cell_settings(budget, row).to_dict(), "torch": torch.__version__,
                "torchattacks": torchattacks.__version__}
     batch = cell_batch_size(row)
     if batch != BATCH_SIZE:
@@ -127,7 +127,7 @@ def run_cell(model: ModelFile, row: Row, suite: str, *, budget: Budget, dataset:
                        num_classes=network.smoothblock_config.num_classes, progress=progress)
     record = {"key": key, "model": model.name, "model_sha256": model.sha256, "origin": model.origin,
               "label": row.label, "defense": dict(row.defense), "suite": suite, "attacks": list(attacks),
-              "cascade": cascade, "settings": asdict(settings), "batch_size": batch, "seed": seed,
+              "cascade": cascade, "settings": settings.to_dict(), "batch_size": batch, "seed": seed,
               "seconds": round(time.perf_counter() - started, 1), "metrics": metrics}
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1, default=list) + "\n",
                                                         encoding="utf-8"))

@@ -27,7 +27,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..attacks import AttackSettings
+from smoothblock.attacks import AttackSettings
 
 BASE = "resnet20-cifar10"
 SMOOTHBLOCK = "resnet20-cifar10-smoothblock"
@@ -210,10 +210,10 @@ def cell_settings(budget: Budget, row: Row) -> AttackSettings:
     ceil(eot_iter / n) of them (the same number of draws per gradient)."""
     settings = budget.settings
     if not row.random_at_test:
-        return dataclasses.replace(settings, eot_iter=1, aa_eot_iter=1)
+        return settings.replace(eot_iter=1, aa_eot_iter=1)
     draws = max(1, math.ceil(settings.eot_iter / row.passes))
     cw_images = settings.cw_images if row.passes <= 10 else min(settings.cw_images, budget.ensemble_cw_images)
-    return dataclasses.replace(settings, eot_iter=draws, cw_images=cw_images)
+    return settings.replace(eot_iter=draws, cw_images=cw_images)
 
 
 #: Images per batch, unless the ensemble makes that too many rows (below).

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .defended import Autocast
-from .ensemble import SelfEnsemble, _split_stages
-from .layers import RandomBlockLayer
+from ..defended import Autocast
+from ..ensemble import SelfEnsemble, _split_stages
+from ..layers import RandomBlockLayer
 
 #: At most this many rows (images x draws x passes) go through the model at once: a CPU keeps
 #: small batches in its caches, and a draw's activations are held until the backward pass.
