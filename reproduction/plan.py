@@ -22,12 +22,14 @@ number of passes changes (the thesis' 1-pass row is its SmoothBlock/SmoothBlock 
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import model_validator
+
 from smoothblock.attacks import AttackSettings
+from smoothblock.settings import Settings
 
 BASE = "resnet20-cifar10"
 SMOOTHBLOCK = "resnet20-cifar10-smoothblock"
@@ -52,8 +54,7 @@ SUITES: dict[str, tuple[tuple[str, ...], bool]] = {  # name -> (attacks, cascade
 }
 
 
-@dataclass(frozen=True)
-class Budget:
+class Budget(Settings):
     """How much each cell measures.
 
     Attributes:
@@ -80,21 +81,23 @@ class Budget:
     cam_images: int
     train: dict[str, Any] | None = None
 
-    def __post_init__(self) -> None:
+    @model_validator(mode="after")
+    def _eot_on_every_image(self) -> Budget:
         # The worst case must count the images clean and PGD count: EOT-PGD and AA-rand run on all.
         if self.settings.eot_images != self.images:
             raise ValueError(f"budget {self.name}: eot_images must equal images")
+        return self
 
 
 BUDGETS = {
-    "smoke": Budget("smoke", images=16, positions=(1, 5), ensembles=(1, 2), aa_max_passes=1, ensemble_cw_images=4,
+    "smoke": Budget(name="smoke", images=16, positions=(1, 5), ensembles=(1, 2), aa_max_passes=1, ensemble_cw_images=4,
                     cam_images=2,
                     settings=AttackSettings(eot_iter=2, eot_steps=2, transfer_steps=2, cw_search_steps=1,
                                             cw_steps=2, cw_images=4, eot_images=16),
                     train={"epochs": 1, "subset": 64, "val_size": 16, "batch_size": 16}),
-    "cpu": Budget("cpu", images=1000, positions=(1, 2, 3, 4, 5), ensembles=(1, 10, 50, 100), aa_max_passes=10,
+    "cpu": Budget(name="cpu", images=1000, positions=(1, 2, 3, 4, 5), ensembles=(1, 10, 50, 100), aa_max_passes=10,
                   ensemble_cw_images=100, cam_images=6, settings=AttackSettings(cw_images=500, eot_images=1000)),
-    "full": Budget("full", images=10000, positions=(1, 2, 3, 4, 5), ensembles=(1, 10, 50, 100),
+    "full": Budget(name="full", images=10000, positions=(1, 2, 3, 4, 5), ensembles=(1, 10, 50, 100),
                    aa_max_passes=100, ensemble_cw_images=1000, cam_images=8, settings=AttackSettings(cw_images=1000, eot_images=10000)),
 }
 

@@ -20,6 +20,7 @@ from typing import Any
 from smoothblock import Config
 from smoothblock.config import FIELD_NAMES
 from smoothblock.errors import ConfigError
+from smoothblock.settings import Settings
 
 #: Fields a search may vary; the rest (data, recipe, ...) are fixed by the search's ``base``.
 SEARCHABLE = ("method", "defense_at", "adv_training", "positions", "block_size", "keep_prob", "gamma", "mean",
@@ -28,16 +29,16 @@ BLOCK_FIELDS = ("positions", "block_size", "keep_prob", "gamma", "mean")
 ADV_FIELDS = ("adv_eps", "adv_alpha", "adv_steps", "adv_ratio")
 
 
-@dataclass(frozen=True)
-class Param:
-    """One dimension: ``choices`` (categorical) or ``low``/``high`` (range); ``fixed`` when one value."""
+class Param(Settings):
+    """One dimension: ``choices`` (categorical) or ``low``/``high`` (range); ``fixed`` when one value.
+    ``low`` and ``high`` keep their type: two integers are an integer range."""
 
     name: str
     choices: tuple[Any, ...] | None = None
-    low: float | None = None
-    high: float | None = None
+    low: int | float | None = None
+    high: int | float | None = None
     log: bool = False
-    step: float | None = None
+    step: int | float | None = None
 
     @property
     def fixed(self) -> bool:
@@ -94,7 +95,7 @@ def parse_param(name: str, value: Any) -> Param:
         log = value.get("log", False)
         if not isinstance(log, bool) or (log and low <= 0):
             raise ConfigError(f"space: {name}: log must be true or false, and needs low > 0")
-        return Param(name, low=low, high=high, log=log, step=value.get("step"))
+        return Param(name=name, low=low, high=high, log=log, step=value.get("step"))
     choices = value if isinstance(value, list) else [value]
     if not choices:
         raise ConfigError(f"space: {name} has an empty list of choices")
@@ -106,7 +107,7 @@ def parse_param(name: str, value: Any) -> Param:
         _check_value(name, choice)
     if len(set(choices)) != len(choices):
         raise ConfigError(f"space: {name} repeats a choice")
-    return Param(name, choices=tuple(choices))
+    return Param(name=name, choices=tuple(choices))
 
 
 def _check_value(name: str, value: Any) -> None:

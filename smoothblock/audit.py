@@ -21,15 +21,16 @@ worst case over every attack run (the unbounded check excluded), whatever the ve
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+from pydantic import Field
 from torch import nn
 
 from .attacks import AttackSettings, get_attack
 from .data import TensorDataset
 from .evaluation import evaluate
+from .settings import Settings
 
 AUDIT_ATTACKS = ("autoattack_rand", "eot_pgd_x2")
 LAST_ATTACKS = ("transfer", "square")
@@ -38,11 +39,13 @@ LAST_ATTACKS = ("transfer", "square")
 CHECKS = ("unbounded", "eot_pgd_x2")
 
 
-@dataclass(frozen=True)
-class AuditThresholds:
-    max_transfer_gain: float = 0.02
-    max_unbounded_acc: float = 0.05
-    max_eot_gain: float = 0.01
+class AuditThresholds(Settings):
+    """How far an indicator of obfuscated gradients may go before the audit flags the defense."""
+
+    max_transfer_gain: float = Field(0.02, ge=0, description="the most the transfer attack may leave above the "
+                                                             "white-box attacks")
+    max_unbounded_acc: float = Field(0.05, ge=0, le=1, description="the most the eps-1 PGD may leave")
+    max_eot_gain: float = Field(0.01, ge=0, description="the most eot_pgd may leave above eot_pgd_x2")
 
 
 @dataclass

@@ -5,17 +5,15 @@ Schedules are pure functions of the step, so resuming needs only the step count.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import nn
 
 from .config import Config
+from .settings import Settings
 
 
-@dataclass(frozen=True)
-class Recipe:
-    """Resolved hyperparameters of one training run."""
+class Recipe(Settings):
+    """Resolved hyperparameters of one training run (:func:`resolve_recipe`)."""
 
     name: str
     epochs: int
@@ -23,6 +21,10 @@ class Recipe:
     lr: float
     weight_decay: float
     label_smoothing: float
+
+    @classmethod
+    def source_name(cls) -> str:
+        return "recipe"
 
     def optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         if self.name == "paper":
