@@ -24,7 +24,7 @@ from smoothblock.data import TensorDataset
 from smoothblock.errors import ConfigError
 from smoothblock.evaluation import evaluate
 from smoothblock.hub import WEIGHTS_DIR, apply_overrides, model_from_state
-from .plan import BATCH_SIZE, Budget, Row, cell_batch_size, cell_settings, suite_attacks
+from .plan import Budget, Row, cell_batch_size, cell_settings, suite_attacks
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def train_model(name: str, *, data: str, work_dir: Path, budget: Budget, device:
 
 
 #: Bump when a change to the attacks or to evaluate() makes earlier cells wrong.
-CELL_FORMAT = 4
+CELL_FORMAT = 5
 
 
 def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int, data: str) -> str:
@@ -93,12 +93,7 @@ def cell_key(model: ModelFile, row: Row, suite: str, budget: Budget, seed: int, 
                "defense": [[k, list(v) if isinstance(v, tuple) else v] for k, v in row.defense],
                "suite": suite, "attacks": attacks, "cascade": cascade, "images": budget.images, "seed": seed,
                "settings": cell_settings(budget, row).to_dict(), "torch": torch.__version__,
-               "torchattacks": torchattacks.__version__}
-    batch = cell_batch_size(row)
-    if batch != BATCH_SIZE:
-        # The batch changes the draws; it enters the key only where it is not the batch every cell had
-        # before batches were cut for large ensembles, so that those cells keep their keys.
-        content["batch_size"] = batch
+               "torchattacks": torchattacks.__version__, "batch_size": cell_batch_size(row)}  # it changes the draws
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -155,14 +155,6 @@ class SearchConfig(Settings):
             raise ValueError(f"must be letters, digits, '.', '_' or '-' (at most 100), got {value!r}")
         return value
 
-    @model_validator(mode="before")
-    @classmethod
-    def _renamed(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "attack" in data:
-            raise ValueError("'attack' is now 'attacks', a list; the objective is robust_acc, the per-image "
-                             "worst case over them (for example attacks: [transfer, pgd, eot_pgd])")
-        return data
-
     @model_validator(mode="after")
     def _consistent(self) -> SearchConfig:
         if self.trainable == "posthoc" and not self.model:

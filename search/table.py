@@ -1,7 +1,7 @@
 """``smoothblock evaluate``'s thesis-style table: one row per defended model, one column per metric."""
 from __future__ import annotations
 
-from smoothblock.attacks import ATTACKS, AttackSettings
+from smoothblock.attacks import ATTACKS, AttackSettings, metric_name, worst_fgsm_metric
 
 NAMES = {"none": "no defense", "dropblock": "DropBlock", "smoothblock": "SmoothBlock", "mixed": "mixed"}
 
@@ -11,13 +11,14 @@ def columns(settings: AttackSettings = AttackSettings()) -> list[tuple[str, str]
     cols = [("clean_acc", "clean")]
     for name, attack in ATTACKS.items():
         if attack.per_eps:
-            cols += [(f"{name}_{e}_acc", f"{attack.title} {e}") for e in settings.fgsm_eps]
+            cols += [(metric_name(name, eps=e), f"{attack.title} {e}") for e in settings.fgsm_eps]
         else:
-            cols.append((f"{name}_acc", f"{attack.title} acc" if attack.targeted else attack.title))
+            cols.append((metric_name(name), f"{attack.title} acc" if attack.targeted else attack.title))
         if attack.targeted:
-            cols.append((f"{name}_asr", f"{attack.title} ASR"))
-    return (cols + [(f"worst_fgsm_{e}_acc", f"worst FGSM {e}") for e in settings.fgsm_eps]
-            + [(f"{name}_broke", f"{a.title} broke") for name, a in ATTACKS.items()] + [("robust_acc", "worst")])
+            cols.append((metric_name(name, "asr"), f"{attack.title} ASR"))
+    return (cols + [(worst_fgsm_metric(e), f"worst FGSM {e}") for e in settings.fgsm_eps]
+            + [(metric_name(name, "broke"), f"{a.title} broke") for name, a in ATTACKS.items()]
+            + [("robust_acc", "worst")])
 
 
 def format_table(rows: dict[str, dict[str, float]], settings: AttackSettings = AttackSettings()) -> str:
@@ -25,7 +26,7 @@ def format_table(rows: dict[str, dict[str, float]], settings: AttackSettings = A
     the columns that were measured; a column measured on fewer images than the rest says on how many."""
     cols = [(key, title) for key, title in columns(settings) if any(key in r for r in rows.values())]
     first = next(iter(rows.values()), {})
-    fewer = {f"{name}_{kind}": attack.limit for name, attack in ATTACKS.items() if attack.limit
+    fewer = {metric_name(name, kind): attack.limit for name, attack in ATTACKS.items() if attack.limit
              for kind in ("acc", "asr", "broke")}
     fewer["robust_acc"] = "robust_images"
     titles = [f"{title} ({first[fewer[key]]})" if key in fewer and first.get(fewer[key], 0) < first.get("images", 0)

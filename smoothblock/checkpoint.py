@@ -28,8 +28,6 @@ from .errors import CheckpointError, ConfigError
 from .settings import parse_yaml
 
 FORMAT = "smoothblock/2"
-#: Version 1 saved the whole flat configuration under ``config``; only its model part is read.
-FORMAT_V1 = "smoothblock/1"
 
 
 def atomic_write(path: Path, write) -> None:
@@ -88,7 +86,7 @@ def load_training_state(path: str | Path) -> dict[str, Any]:
                 f"refused to load {path}: it holds Python objects that would run code when unpickled"
             ) from None
         raise CheckpointError(f"{path} is corrupt or not a checkpoint") from None
-    if not isinstance(state, dict) or state.get("format") not in (FORMAT, FORMAT_V1) or "model" not in state:
+    if not isinstance(state, dict) or state.get("format") != FORMAT or "model" not in state:
         raise CheckpointError(f"{path} is not a smoothblock checkpoint")
     return state
 
@@ -140,10 +138,9 @@ def load_checkpoint(path: str | Path) -> tuple[Config, dict[str, torch.Tensor]]:
                 state_dict = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError):
             raise CheckpointError(f"{path} is corrupt or not a safetensors checkpoint") from None
-        key = {FORMAT: "model", FORMAT_V1: "config"}.get(metadata.get("format"))
-        if key is None or key not in metadata:
+        if metadata.get("format") != FORMAT or "model" not in metadata:
             raise CheckpointError(f"{path} is not a smoothblock checkpoint (no configuration in it)")
-        config_text = metadata[key]
+        config_text = metadata["model"]
     else:
         state = load_training_state(path)
         state_dict, config_text = state["model"], state.get("config")

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .attacks import AttackSettings, get_attack, predict, random_targets
+from .attacks import (Attack, AttackSettings, Crafter, get_attack, metric_name, predict, random_targets,
+                      worst_fgsm_metric)
 from .data import TensorDataset, iterate_batches
 
 
@@ -46,24 +47,18 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
         and after every per-eps attack at that eps) as fractions, and the image counts ``images``, ``robust_images`` and, where an attack
         is limited, ``eot_images``, ``cw_images``, ``unbounded_images``.
     """
-    entries = [get_attack(a) for a in attacks]
-    for entry in entries:
-        entry.check_norm(settings)
+    entries = _entries(attacks, settings)
     precomputed = precomputed or {}
     subset = dataset.take(slice(0, images)) if images is not None else dataset
     for name, images in precomputed.items():
         if len(images) < len(subset):
             raise ValueError(f"precomputed {name} holds {len(images)} images, the evaluation needs {len(subset)}")
-    per_eps = [e.name for e in entries if e.per_eps]
-    if any(get_attack(name).limit or not get_attack(name).cheap for name in per_eps):
-        raise ValueError("per-eps attacks must be cheap and unlimited")  # a registry invariant
     limits = {e.name: (getattr(settings, e.limit) if e.limit else len(subset)) for e in entries}
     robust_limit = min([len(subset), *limits.values()])
     model = model.to(device).eval()
-    correct: dict[str, int] = {}
-    counted: dict[str, int] = {}
+    tally = _Tally()
     per_image: dict[str, list[torch.Tensor]] = {"clean": [], "robust": []}
-    target_gen = torch.Generator().manual_seed(seed)
+    run = _Run(model, precomputed, cascade, num_classes, torch.Generator().manual_seed(seed), device)
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
@@ -73,50 +68,23 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
         total = -(-len(subset) // batch_size)
         for images, labels in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
             clean = predict(model, images) == labels
-            _count(correct, counted, "clean_acc", clean)
+            tally.count("clean_acc", clean)
             robust = clean.clone()
             # Per eps, the images every per-eps attack (FGSM, its transfer and EOT forms) left.
-            eps_robust = {e: clean.clone() for e in settings.fgsm_eps} if per_eps else {}
+            eps_robust = {e: clean.clone() for e in settings.fgsm_eps} if any(e.per_eps for e in entries) else {}
             for entry in entries:
                 rows = torch.arange(len(labels), device=labels.device)[: max(0, limits[entry.name] - seen)]
-                if len(rows) == 0:
-                    continue
-                standalone = not cascade or entry.cheap
-                run = rows if standalone else rows[robust[rows]]
-                # rows is 0..k-1, so a row's index is its position in ``survived``.
-                survived = torch.ones(len(rows), dtype=torch.bool, device=labels.device)
-                for metric, craft in crafters[entry.name].items():
-                    hits = torch.ones(len(run), dtype=torch.bool, device=labels.device)
-                    if len(run):
-                        if entry.name in precomputed:
-                            adv = precomputed[entry.name][seen + run.cpu()].to(device)
-                        elif entry.targeted:
-                            targets = random_targets(labels[run], num_classes, target_gen).to(device)
-                            adv = craft(images[run], targets)
-                        else:
-                            adv = craft(images[run], labels[run])
-                        pred = predict(model, adv)
-                        hits = pred == labels[run]
-                        if entry.targeted and standalone:  # on survivors only it would be another rate
-                            _count(correct, counted, f"{entry.name}_asr", pred == targets)
-                    survived[run] &= hits
-                    if standalone:
-                        _count(correct, counted, metric, hits)
-                    if entry.per_eps:  # per_eps attacks are cheap and unlimited: run is every row
-                        eps_robust[int(metric.rsplit("_", 2)[1])] &= hits
-                if cascade:
-                    broke = robust[rows] & ~survived
-                    _count(correct, counted, f"{entry.name}_broke", broke)
-                robust[rows] &= survived
-            _count(correct, counted, "robust_acc", robust[: max(0, robust_limit - seen)])
+                if len(rows):
+                    run.attack(entry, crafters[entry.name], images, labels, rows, seen, robust, eps_robust, tally)
+            tally.count("robust_acc", robust[: max(0, robust_limit - seen)])
             per_image["clean"].append(clean.cpu())
             per_image["robust"].append(robust[: max(0, robust_limit - seen)].cpu())
             for e, left in eps_robust.items():
-                _count(correct, counted, f"worst_fgsm_{e}_acc", left)
+                tally.count(worst_fgsm_metric(e), left)
             seen += len(labels)
-    metrics = {name: correct[name] / counted[name] for name in correct if counted[name]}
+    metrics = tally.metrics()
     metrics["images"] = len(subset)
-    metrics["robust_images"] = counted.get("robust_acc", 0)
+    metrics["robust_images"] = tally.counted.get("robust_acc", 0)
     for entry in entries:
         if entry.limit:
             metrics[entry.limit] = min(limits[entry.name], len(subset))
@@ -125,9 +93,74 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
     return metrics
 
 
-def _count(correct: dict, counted: dict, name: str, hits: torch.Tensor) -> None:
-    correct[name] = correct.get(name, 0) + int(hits.sum())
-    counted[name] = counted.get(name, 0) + len(hits)
+def _entries(attacks: tuple[str, ...], settings: AttackSettings) -> list[Attack]:
+    entries = [get_attack(a) for a in attacks]
+    for entry in entries:
+        entry.check_norm(settings)
+        if entry.per_eps and (entry.limit or not entry.cheap):
+            raise ValueError("per-eps attacks must be cheap and unlimited")  # a registry invariant
+    return entries
+
+
+class _Tally:
+    """Correct and counted images per metric, summed over batches."""
+
+    def __init__(self) -> None:
+        self.correct: dict[str, int] = {}
+        self.counted: dict[str, int] = {}
+
+    def count(self, name: str, hits: torch.Tensor) -> None:
+        self.correct[name] = self.correct.get(name, 0) + int(hits.sum())
+        self.counted[name] = self.counted.get(name, 0) + len(hits)
+
+    def metrics(self) -> dict[str, float]:
+        return {name: self.correct[name] / self.counted[name] for name in self.correct if self.counted[name]}
+
+
+class _Run:
+    """One evaluation's attack step: an attack's crafters on one batch's rows, scored by one fresh pass."""
+
+    def __init__(self, model: nn.Module, precomputed: dict[str, torch.Tensor], cascade: bool, num_classes: int,
+                 target_gen: torch.Generator, device: str | torch.device) -> None:
+        self.model, self.precomputed, self.cascade = model, precomputed, cascade
+        self.num_classes, self.target_gen, self.device = num_classes, target_gen, device
+
+    def attack(self, entry: Attack, crafters: dict[str, Crafter], images: torch.Tensor, labels: torch.Tensor,
+               rows: torch.Tensor, seen: int, robust: torch.Tensor, eps_robust: dict[int, torch.Tensor],
+               tally: _Tally) -> None:
+        """Run ``entry`` on ``rows`` (0..k-1) of the batch (on those still robust, in a cascade,
+        unless it is cheap); update ``robust`` (N,) and, per eps, ``eps_robust`` in place."""
+        standalone = not self.cascade or entry.cheap
+        run = rows if standalone else rows[robust[rows]]
+        # rows is 0..k-1, so a row's index is its position in ``survived``.
+        survived = torch.ones(len(rows), dtype=torch.bool, device=labels.device)
+        eps_of = {metric_name(entry.name, eps=e): e for e in eps_robust} if entry.per_eps else {}
+        for metric, craft in crafters.items():
+            hits = torch.ones(len(run), dtype=torch.bool, device=labels.device)
+            if len(run):
+                hits = self._hits(entry, craft, images, labels, run, seen, standalone, tally)
+            survived[run] &= hits
+            if standalone:
+                tally.count(metric, hits)
+            if entry.per_eps:  # per_eps attacks are cheap and unlimited: run is every row
+                eps_robust[eps_of[metric]] &= hits
+        if self.cascade:
+            tally.count(metric_name(entry.name, "broke"), robust[rows] & ~survived)
+        robust[rows] &= survived
+
+    def _hits(self, entry: Attack, craft: Crafter, images: torch.Tensor, labels: torch.Tensor, run: torch.Tensor,
+              seen: int, standalone: bool, tally: _Tally) -> torch.Tensor:
+        if entry.name in self.precomputed:
+            adv = self.precomputed[entry.name][seen + run.cpu()].to(self.device)
+        elif entry.targeted:
+            targets = random_targets(labels[run], self.num_classes, self.target_gen).to(self.device)
+            adv = craft(images[run], targets)
+        else:
+            adv = craft(images[run], labels[run])
+        pred = predict(self.model, adv)
+        if entry.targeted and standalone:  # on survivors only it would be another rate
+            tally.count(metric_name(entry.name, "asr"), pred == targets)
+        return pred == labels[run]
 
 
 @torch.no_grad()

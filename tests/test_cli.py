@@ -112,10 +112,10 @@ def test_a_pickle_that_would_run_code_is_refused_and_nothing_runs(capsys, tmp_pa
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pt"
     with open(evil, "wb") as f:
-        pickle.dump({"format": "smoothblock/1", "model": _RunsCode(marker)}, f)
+        pickle.dump({"format": "smoothblock/2", "model": _RunsCode(marker)}, f)
     _fails(capsys, ["evaluate", "--model", str(evil)], "would run code")
     zipped = tmp_path / "evil_zip.pt"
-    torch.save({"format": "smoothblock/1", "model": _RunsCode(marker)}, zipped)
+    torch.save({"format": "smoothblock/2", "model": _RunsCode(marker)}, zipped)
     _fails(capsys, ["evaluate", "--model", str(zipped)], "would run code")
     assert not marker.exists()
 

@@ -124,7 +124,7 @@ def test_starting_points_are_checked_against_the_space():
     ({"trials": 0}, "trials: Input should be greater than or equal to 1"),
     ({"trials": 2.5}, "trials: Input should be a valid integer"),
     ({"val_images": -1}, "val_images: Input should be greater than or equal to 1"),
-    ({"attack": "pgd"}, "'attack' is now 'attacks'"),
+    ({"attack": "pgd"}, "unknown key 'attack'"),
     ({"attacks": ["deepfool"]}, "unknown attack 'deepfool'"),
     ({"attacks": ["unbounded"]}, "unknown attack 'unbounded'"),  # a check of the audit, not a threat model
     ({"attacks": ["pgd", "pgd"]}, "each attack once"),

@@ -39,8 +39,8 @@ def test_a_checkpoint_that_would_run_code_is_refused_by_the_search(tmp_path, ima
     marker = tmp_path / "pwned"
     raw, zipped = tmp_path / "evil.pt", tmp_path / "evil-zip.pt"
     with open(raw, "wb") as f:
-        pickle.dump({"format": "smoothblock/1", "model": _RunsCode(marker)}, f)
-    torch.save({"format": "smoothblock/1", "model": _RunsCode(marker), "config": ""}, zipped)
+        pickle.dump({"format": "smoothblock/2", "model": _RunsCode(marker)}, f)
+    torch.save({"format": "smoothblock/2", "model": _RunsCode(marker), "config": ""}, zipped)
     for evil in (raw, zipped):
         fails_in_one_line(capsys, main, ["search", "--config", _posthoc(tmp_path, image_folder, evil), "--name", "evil",
                                          "--mlflow-uri", mlflow_server, "--storage", str(tmp_path / "results")],

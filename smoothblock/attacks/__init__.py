@@ -40,7 +40,8 @@ All metrics are fractions in [0, 1].
 from __future__ import annotations
 
 from . import apgd as _apgd, cw as _cw, fgsm as _fgsm, pgd as _pgd, square as _square
-from .base import ATTACKS, Attack, Crafter, defense_off, get_attack, metric_names, predict, random_targets, register
+from .base import (ATTACKS, Attack, Crafter, defense_off, get_attack, metric_name, metric_names, predict, random_targets,
+                   register, worst_fgsm_metric)
 from .settings import FGSM_EPS, NORM_NAMES, NORMS, AttackSettings
 
 for _attack in (_fgsm.FGSM, _fgsm.TRANSFER_FGSM, _fgsm.EOT_FGSM, _pgd.PGD, _pgd.TRANSFER, _pgd.EOT_PGD,
@@ -48,4 +49,5 @@ for _attack in (_fgsm.FGSM, _fgsm.TRANSFER_FGSM, _fgsm.EOT_FGSM, _pgd.PGD, _pgd.
     register(_attack)
 
 __all__ = ["ATTACKS", "Attack", "AttackSettings", "Crafter", "FGSM_EPS", "NORMS", "NORM_NAMES", "defense_off",
-           "get_attack", "metric_names", "predict", "random_targets", "register"]
+           "get_attack", "metric_name", "metric_names", "predict", "random_targets", "register",
+           "worst_fgsm_metric"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import Attack, Crafter, predict
+from .base import Attack, Crafter, metric_name, predict
 from .eot import PerImageLoss, cross_entropy, eot_draws, eot_loss_gradient
 from .settings import AttackSettings
 
@@ -158,10 +158,10 @@ def _autoattack_rand(model: nn.Module, s: AttackSettings) -> Crafter:
 
 APGD = Attack(
     "apgd", "APGD-CE, apgd_steps steps, eot_iter draws per gradient", "APGD", limit="eot_images",
-    build=lambda m, s, k, seed: {"apgd_acc": _apgd(m, s)},
+    build=lambda m, s, k, seed: {metric_name("apgd"): _apgd(m, s)},
     cost=lambda s: s.apgd_steps * s.eot_iter)
 AUTOATTACK_RAND = Attack(
     "autoattack_rand", "AutoAttack version rand: APGD-CE, then APGD-DLR, aa_steps steps of aa_eot_iter draws",
     "AA-rand", limit="eot_images",
-    build=lambda m, s, k, seed: {"autoattack_rand_acc": _autoattack_rand(m, s)},
+    build=lambda m, s, k, seed: {metric_name("autoattack_rand"): _autoattack_rand(m, s)},
     cost=lambda s: 2 * s.aa_steps * s.aa_eot_iter)

@@ -25,6 +25,18 @@ def random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Gene
     return (labels.cpu() + shift) % num_classes
 
 
+def metric_name(attack: str, kind: str = "acc", *, eps: int | None = None) -> str:
+    """The one place an attack's metric is named: ``<attack>_acc`` (accuracy under it),
+    ``<attack>_<eps>_acc`` (a per-eps attack at ``eps`` in 1/255), ``<attack>_asr`` (a targeted
+    attack's success rate) or ``<attack>_broke`` (in a cascade, the images it broke)."""
+    return f"{attack}_{eps}_{kind}" if eps is not None else f"{attack}_{kind}"
+
+
+def worst_fgsm_metric(eps: int) -> str:
+    """The per-image worst case over the per-eps attacks at ``eps``: ``worst_fgsm_<eps>_acc``."""
+    return metric_name("worst_fgsm", eps=eps)
+
+
 Crafter = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -72,8 +84,8 @@ class Attack:
     def metrics(self, settings: AttackSettings) -> list[str]:
         """The accuracy metrics the attack reports (without building it)."""
         if self.per_eps:
-            return [f"{self.name}_{e}_acc" for e in settings.fgsm_eps]
-        return [f"{self.name}_acc"]
+            return [metric_name(self.name, eps=e) for e in settings.fgsm_eps]
+        return [metric_name(self.name)]
 
 
 ATTACKS: dict[str, Attack] = {}
@@ -100,7 +112,7 @@ def metric_names(attacks: tuple[str, ...], settings: AttackSettings = AttackSett
         attack = get_attack(name)
         names += attack.metrics(settings)
         if attack.targeted:
-            names.append(f"{name}_asr")
+            names.append(metric_name(name, "asr"))
     return names
 
 

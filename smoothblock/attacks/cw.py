@@ -13,7 +13,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from .base import Attack, predict
+from .base import Attack, metric_name, predict
 
 class _PerSampleCW(torchattacks.CW):
     """torchattacks' CW with a per-sample c and the target masked out of the "other" maximum.
@@ -115,7 +115,7 @@ def cw_l2_targeted(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
 
 CW = Attack(
     "cw", "targeted C&W L2, ART 0.4's defaults (thesis Table 4.1)", "C&W", limit="cw_images", targeted=True,
-    build=lambda m, s, k, seed: {"cw_acc": lambda images, targets: cw_l2_targeted(
+    build=lambda m, s, k, seed: {metric_name("cw"): lambda images, targets: cw_l2_targeted(
         m, images, targets, search_steps=s.cw_search_steps, steps=s.cw_steps, lr=s.cw_lr, initial_c=s.cw_initial_c,
         kappa=s.cw_kappa)},
     cost=lambda s: s.cw_search_steps * s.cw_steps)

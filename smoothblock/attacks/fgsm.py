@@ -10,7 +10,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from .base import Attack, Crafter, defense_off
+from .base import Attack, Crafter, defense_off, metric_name
 from .eot import eot_draws, eot_gradient
 from .settings import AttackSettings
 
@@ -33,12 +33,12 @@ def _fgsm_family(model: nn.Module, s: AttackSettings, name: str, draws: int, off
 
     def crafter(eps: float) -> Crafter:
         return lambda images, labels: (images + eps * gradient(images, labels).sign()).clamp(0, 1).detach()
-    return {f"{name}_{e}_acc": crafter(e / 255) for e in s.fgsm_eps}
+    return {metric_name(name, eps=e): crafter(e / 255) for e in s.fgsm_eps}
 
 
 FGSM = Attack(
     "fgsm", "FGSM at each fgsm_eps (1/255)", "FGSM", cheap=True, per_eps=True, norms=("linf",),
-    build=lambda m, s, k, seed: {f"fgsm_{e}_acc": torchattacks.FGSM(m, eps=e / 255) for e in s.fgsm_eps},
+    build=lambda m, s, k, seed: {metric_name("fgsm", eps=e): torchattacks.FGSM(m, eps=e / 255) for e in s.fgsm_eps},
     cost=lambda s: len(s.fgsm_eps))
 TRANSFER_FGSM = Attack(
     "transfer_fgsm", "FGSM at each fgsm_eps crafted with the defense switched off", "transfer FGSM",

@@ -9,7 +9,7 @@ import torch
 import torchattacks
 from torch import nn
 
-from .base import Attack, Crafter, defense_off
+from .base import Attack, Crafter, defense_off, metric_name
 from .eot import eot_pgd
 from .settings import AttackSettings
 
@@ -41,23 +41,23 @@ def _eot_pgd(model: nn.Module, s: AttackSettings, draws: int) -> Crafter:
 
 PGD = Attack(
     "pgd", "PGD in the norm's ball, pgd_steps steps, random start", "PGD", cheap=True,
-    build=lambda m, s, k, seed: {"pgd_acc": _pgd(m, s, steps=s.pgd_steps)},
+    build=lambda m, s, k, seed: {metric_name("pgd"): _pgd(m, s, steps=s.pgd_steps)},
     cost=lambda s: s.pgd_steps)
 TRANSFER = Attack(
     "transfer", "PGD crafted with the defense switched off, scored on the defended model", "transfer",
-    kind="transfer", cheap=True, build=lambda m, s, k, seed: {"transfer_acc": _transfer(m, s)},
+    kind="transfer", cheap=True, build=lambda m, s, k, seed: {metric_name("transfer"): _transfer(m, s)},
     cost=lambda s: s.transfer_steps)
 EOT_PGD = Attack(
     "eot_pgd", "PGD on the gradient averaged over eot_iter draws, eot_steps steps", "EOT-PGD", limit="eot_images",
-    build=lambda m, s, k, seed: {"eot_pgd_acc": _eot_pgd(m, s, s.eot_iter)},
+    build=lambda m, s, k, seed: {metric_name("eot_pgd"): _eot_pgd(m, s, s.eot_iter)},
     cost=lambda s: s.eot_steps * s.eot_iter)
 EOT_PGD_X2 = Attack(
     "eot_pgd_x2", "eot_pgd with twice eot_iter draws (the audit's check that EOT has converged)", "EOT-PGD x2",
     limit="eot_images",
-    build=lambda m, s, k, seed: {"eot_pgd_x2_acc": _eot_pgd(m, s, 2 * s.eot_iter)},
+    build=lambda m, s, k, seed: {metric_name("eot_pgd_x2"): _eot_pgd(m, s, 2 * s.eot_iter)},
     cost=lambda s: 2 * s.eot_steps * s.eot_iter)
 UNBOUNDED = Attack(
     "unbounded", "PGD at eps 1 (a sanity check: a working attack leaves ~0%)", "eps 1", limit="unbounded_images",
-    build=lambda m, s, k, seed: {"unbounded_acc": torchattacks.PGD(m, eps=1.0, alpha=2.5 / s.unbounded_steps,
+    build=lambda m, s, k, seed: {metric_name("unbounded"): torchattacks.PGD(m, eps=1.0, alpha=2.5 / s.unbounded_steps,
                                                                    steps=s.unbounded_steps, random_start=False)},
     cost=lambda s: s.unbounded_steps)
