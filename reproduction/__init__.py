@@ -13,6 +13,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -80,42 +81,23 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
     Returns:
         The report's path.
     """
-    if budget not in BUDGETS:
-        raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    unknown = [e for e in experiments if e not in EXPERIMENT_IDS]
-    if unknown:
-        raise ConfigError(f"unknown experiment {unknown[0]!r}; choose from {' '.join(EXPERIMENT_IDS)}")
+    _check(budget, experiments, out, work_dir, model_dir)
     spec: Budget = BUDGETS[budget]
     command = command_line(experiments, budget, data, out, work_dir, model_dir, seed)
     out, work_dir = Path(out), Path(work_dir)
     model_dir = Path(model_dir) if model_dir is not None else None
-    if model_dir is not None and not model_dir.is_dir():
-        raise ConfigError(f"model_dir {model_dir} is not a folder")
-    if out.is_dir() or out.suffix != ".md":
-        raise ConfigError(f"out must be a Markdown file (.md), got {out}")
-    if work_dir.exists() and not work_dir.is_dir():
-        raise ConfigError(f"work_dir {work_dir} is not a folder")
     dev = resolve_device(device)
     budget_dir = work_dir / budget
     started = time.perf_counter()
     plan = {k: v for k, v in _plan.experiments(spec).items() if k in experiments}
     needed = list(dict.fromkeys([r.model for e in plan.values() for r in e.rows]
                                 + ([BASE, SMOOTHBLOCK] if "4.6" in experiments else [])))
-    models = {}
-    for name in needed:
-        found = find_model(name, work_dir=budget_dir, model_dir=model_dir)
-        if found is None:
-            found = train_model(name, data=data, work_dir=budget_dir, budget=spec, device=str(dev),
-                                cache_dir=cache_dir, progress=progress)
-        log.info("model %s: %s (%s)", name, found.path, found.origin)
-        models[name] = found
+    models = {name: _model(name, data, budget_dir, model_dir, spec, dev, cache_dir, progress) for name in needed}
     dataset, classes = load_dataset(data, "test", cache_dir)
-    cells_dir = budget_dir / "cells"
-    data_key = fingerprint(dataset.take(slice(0, spec.images)))
+    cells = _Cells(models, dataset, spec, budget_dir / "cells", dev, seed, progress)
     figure_dir = out.parent / out.stem
     rel = f"{out.stem}"
     sections, texts = {}, {}
-    measured: dict[str, float] = {}  # cell key -> its measuring seconds: a cell two tables share counts once
     for exp_id in EXPERIMENT_IDS:
         if exp_id not in experiments:
             continue
@@ -124,20 +106,13 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
             texts[exp_id] = _cams(models, dataset, classes, spec, figure_dir, rel, dev, seed)
             continue
         experiment = plan[exp_id]
-        rows, cells = {}, {}
-        for row in experiment.rows:
-            records = {suite: run_cell(models[row.model], row, suite, budget=spec, dataset=dataset, data_key=data_key,
-                                       cells_dir=cells_dir, device=dev, seed=seed, progress=progress)
-                       for suite in row.suites}
-            rows[row.label] = merged(records)
-            cells.update({r["key"]: r["seconds"] for r in records.values()})
-        measured.update(cells)
+        rows, seconds = cells.measure(experiment)
         sections[exp_id] = rows
         texts[exp_id] = experiment_section(experiment, rows, _figures(exp_id, rows, spec, figure_dir, rel),
-                                           time.perf_counter() - exp_started, math.fsum(cells.values()))
+                                           time.perf_counter() - exp_started, seconds)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started, math.fsum(measured.values()),
-                   [describe(m) for m in models.values()])
+    lines = header(command, machine(), spec, date, commit(), time.perf_counter() - started,
+                   math.fsum(cells.measured.values()), [describe(m) for m in models.values()])
     lines += ["What the thesis claims, what its own attacks measure here, and what an adaptive attacker leaves "
               "(percent):", ""] + summary(sections) + ["", ADAPTIVE_NOTE, ""]
     text = "\n".join(lines) + "\n\n" + "\n".join(texts[k] for k in EXPERIMENT_IDS if k in texts)
@@ -147,6 +122,56 @@ def reproduce(*, experiments: tuple[str, ...] = EXPERIMENT_IDS, budget: str = "c
     os.replace(tmp, out)
     log.info("wrote %s (%.0f s)", out, time.perf_counter() - started)
     return out
+
+
+def _check(budget: str, experiments: tuple[str, ...], out, work_dir, model_dir) -> None:
+    """One ConfigError line for the first bad argument, before anything is measured or written."""
+    if budget not in BUDGETS:
+        raise ConfigError(f"budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
+    unknown = [e for e in experiments if e not in EXPERIMENT_IDS]
+    if unknown:
+        raise ConfigError(f"unknown experiment {unknown[0]!r}; choose from {' '.join(EXPERIMENT_IDS)}")
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise ConfigError(f"model_dir {model_dir} is not a folder")
+    if Path(out).is_dir() or Path(out).suffix != ".md":
+        raise ConfigError(f"out must be a Markdown file (.md), got {out}")
+    if Path(work_dir).exists() and not Path(work_dir).is_dir():
+        raise ConfigError(f"work_dir {work_dir} is not a folder")
+
+
+def _model(name: str, data: str, budget_dir: Path, model_dir: Path | None, spec: Budget, dev, cache_dir,
+           progress: bool) -> ModelFile:
+    """The weights of ``name``: found (this work folder, ``model_dir``, shipped), else trained here."""
+    found = find_model(name, work_dir=budget_dir, model_dir=model_dir)
+    if found is None:
+        found = train_model(name, data=data, work_dir=budget_dir, budget=spec, device=str(dev),
+                            cache_dir=cache_dir, progress=progress)
+    log.info("model %s: %s (%s)", name, found.path, found.origin)
+    return found
+
+
+class _Cells:
+    """The cells of a report: each measured once (or read back), with the seconds it took."""
+
+    def __init__(self, models: dict[str, ModelFile], dataset, spec: Budget, cells_dir: Path, device, seed: int,
+                 progress: bool) -> None:
+        self.models, self.dataset, self.spec, self.cells_dir = models, dataset, spec, cells_dir
+        self.device, self.seed, self.progress = device, seed, progress
+        self.data_key = fingerprint(dataset.take(slice(0, spec.images)))
+        self.measured: dict[str, float] = {}  # cell key -> its measuring seconds: a cell two tables share counts once
+
+    def measure(self, experiment) -> tuple[dict[str, Any], float]:
+        """The experiment's rows (label -> merged metrics) and the seconds its cells took."""
+        rows, cells = {}, {}
+        for row in experiment.rows:
+            records = {suite: run_cell(self.models[row.model], row, suite, budget=self.spec, dataset=self.dataset,
+                                       data_key=self.data_key, cells_dir=self.cells_dir, device=self.device,
+                                       seed=self.seed, progress=self.progress)
+                       for suite in row.suites}
+            rows[row.label] = merged(records)
+            cells.update({r["key"]: r["seconds"] for r in records.values()})
+        self.measured.update(cells)
+        return rows, math.fsum(cells.values())
 
 
 def command_line(experiments: tuple[str, ...], budget: str, data: str, out, work_dir, model_dir, seed: int) -> str:

@@ -198,6 +198,40 @@ def initial_weights(cfg: Config) -> dict[str, torch.Tensor]:
     return network.state_dict()
 
 
+def _resumed_state(cfg: Config, state_path: Path) -> dict[str, Any]:
+    """The training state to resume ``cfg`` from; refused when it was written for another run."""
+    state = load_training_state(state_path)
+    saved = Config.from_yaml(state["config"], source=f"configuration in {state_path}")
+    # A run may move (another folder, another machine, another device) and be lengthened; a
+    # machine without fast bfloat16 may go on in float32.
+    movable = {name: getattr(cfg, name) for name in ("epochs", *RunSpec.model_fields)}
+    if saved.replace(**movable) != cfg:
+        raise CheckpointError(f"{state_path} was written for another configuration; only epochs and "
+                              f"{', '.join(RunSpec.model_fields)} may change on --resume")
+    return state
+
+
+def _validate(model: nn.Module, splits: Splits, cfg: Config, device: torch.device, bf16: bool,
+              history: list[dict[str, float]], out: Path) -> dict[str, float]:
+    """The epoch's validation metrics; an adversarial run also keeps its most robust epoch."""
+    metrics = {"val_acc": accuracy(model, splits.val, device, bf16=bf16)}
+    if cfg.adv_training != "none":
+        metrics["val_pgd_acc"] = pgd_accuracy(model, splits.val, device, cfg.adv_eps)
+        if metrics["val_pgd_acc"] > max((h.get("val_pgd_acc", -1.0) for h in history), default=-1.0):
+            # Wong et al.'s guard against catastrophic overfitting: the epoch most robust on
+            # validation is kept beside the last one.
+            save_weights(out / "best_pgd.safetensors", model.state_dict(), cfg)
+    return metrics
+
+
+def _checkpoint(out: Path, state_path: Path, cfg: Config, history: list[dict[str, float]], model: nn.Module,
+                optimizer: torch.optim.Optimizer) -> None:
+    training_state = {"config": cfg.to_yaml(), "epoch": len(history), "history": history,
+                      "model": model.state_dict(), "optimizer": optimizer.state_dict()}
+    save_training_state(state_path, training_state)
+    (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+
+
 def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
           on_epoch_end: EpochCallback | None = None, progress: bool = True,
           init_state: dict[str, torch.Tensor] | None = None) -> TrainResult:
@@ -220,17 +254,8 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     """
     out = Path(cfg.out_dir)
     state_path = out / "last.pt"
-    state: dict[str, Any] | None = None
-    if resume:
-        state = load_training_state(state_path)
-        saved = Config.from_yaml(state["config"], source=f"configuration in {state_path}")
-        # A run may move (another folder, another machine, another device) and be lengthened; a
-        # machine without fast bfloat16 may go on in float32.
-        movable = {name: getattr(cfg, name) for name in ("epochs", *RunSpec.model_fields)}
-        if saved.replace(**movable) != cfg:
-            raise CheckpointError(f"{state_path} was written for another configuration; only epochs and "
-                                  f"{', '.join(RunSpec.model_fields)} may change on --resume")
-    elif state_path.exists():
+    state = _resumed_state(cfg, state_path) if resume else None
+    if state is None and state_path.exists():
         raise CheckpointError(f"{out} already holds a checkpoint; pass --resume or choose another out_dir")
     device = resolve_device(cfg.device)
     recipe = resolve_recipe(cfg)
@@ -263,20 +288,11 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     for epoch in range(start_epoch, recipe.epochs):
         started = time.perf_counter()
         metrics = train_one_epoch(step_model, optimizer, splits, cfg, recipe, epoch, device, progress, bf16)
-        metrics["val_acc"] = accuracy(model, splits.val, device, bf16=bf16)
-        if cfg.adv_training != "none":
-            metrics["val_pgd_acc"] = pgd_accuracy(model, splits.val, device, cfg.adv_eps)
-            if metrics["val_pgd_acc"] > max((h.get("val_pgd_acc", -1.0) for h in history), default=-1.0):
-                # Wong et al.'s guard against catastrophic overfitting: the epoch most robust on
-                # validation is kept beside the last one.
-                save_weights(out / "best_pgd.safetensors", model.state_dict(), cfg)
+        metrics.update(_validate(model, splits, cfg, device, bf16, history, out))
         metrics.update(epoch=epoch + 1, lr=optimizer.param_groups[0]["lr"],
                        seconds=round(time.perf_counter() - started, 2))
         history.append(metrics)
-        training_state = {"config": cfg.to_yaml(), "epoch": epoch + 1, "history": history,
-                          "model": model.state_dict(), "optimizer": optimizer.state_dict()}
-        save_training_state(state_path, training_state)
-        (out / "log.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history), encoding="utf-8")
+        _checkpoint(out, state_path, cfg, history, model, optimizer)
         log.info("epoch %d/%d %s", epoch + 1, recipe.epochs,
                  " ".join(f"{k}={v:.4f}" for k, v in metrics.items() if k not in ("epoch",)))
         if on_epoch_end is not None:

@@ -116,3 +116,23 @@ def test_the_attacks_package_has_no_import_circle():
         return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in edges.get(start, ()))
     circles = sorted(m for m in edges if m != "__init__" and reaches(m, m))
     assert not circles, f"import circles through {circles}"
+
+
+@pytest.mark.parametrize("package", ["smoothblock", "trainables", "search", "reproduction"])
+def test_no_file_is_over_400_lines_and_no_function_over_60_lines_of_code(package):
+    import ast
+
+    long = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > 400:
+            long.append(f"{path.relative_to(ROOT)} ({text.count(chr(10))} lines)")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                # The code, from the signature to the end, less the docstring (documentation is not length).
+                doc = node.body[0] if isinstance(node.body[0], ast.Expr) and isinstance(
+                    getattr(node.body[0], "value", None), ast.Constant) and isinstance(node.body[0].value.value, str) else None
+                lines = node.end_lineno - node.lineno + 1 - (doc.end_lineno - doc.lineno + 1 if doc else 0)
+                if lines > 60:
+                    long.append(f"{path.relative_to(ROOT)}:{node.name} ({lines} lines)")
+    assert not long, "split these: " + "; ".join(long)
