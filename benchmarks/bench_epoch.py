@@ -23,7 +23,8 @@ import torch
 from smoothblock import Config, build_model
 from smoothblock.data import Splits, TensorDataset
 from smoothblock.recipes import resolve_recipe
-from smoothblock.train import resolve_device, train_one_epoch, use_bf16
+from smoothblock.device import resolve_device, use_bf16
+from smoothblock.train import train_one_epoch
 
 from bench_inference import emit
 

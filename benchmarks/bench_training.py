@@ -4,7 +4,7 @@ Protocol: ResNet20 (no defense), train mode, channels_last, SGD with Nesterov mo
 images in [0, 1] and random labels; one step = forward, cross-entropy, backward, optimizer step.
 Each mode is warmed up, then the modes alternate within each repeat so drift hits both; the median
 step time is reported as images a second, and the ratio is median(float32) / median(bfloat16), the
-speed-up that ``bf16: true`` (or its automatic choice, ``smoothblock.train.use_bf16``) buys.
+speed-up that ``bf16: true`` (or its automatic choice, ``smoothblock.device.use_bf16``) buys.
 
 Run: python benchmarks/bench_training.py [--batch_size 256] [--repeats 10] [--json OUT]
 """
@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from smoothblock import Config, build_model
-from smoothblock.train import use_bf16
+from smoothblock.device import use_bf16
 
 from bench_inference import _time, emit
 

@@ -20,7 +20,7 @@ import torch
 from smoothblock.checkpoint import load_checkpoint, read_provenance
 from smoothblock.data import fingerprint, load_dataset
 from smoothblock.errors import ConfigError
-from smoothblock.train import resolve_device
+from smoothblock.device import resolve_device
 from smoothblock.version import commit
 from . import figures
 from . import plan as _plan

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 from search.config import SearchConfig
+from smoothblock.attacks import AttackSettings
 from smoothblock.config import DataSpec, ModelSpec, RunSpec, TrainSpec
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
@@ -82,6 +83,10 @@ def render() -> str:
             "A preset (`search/presets/*.yaml`) is overlaid by `--config FILE` (`base` and `space` merge key by "
             "key), then by the flags; `base` holds the model configuration keys above that every trial shares, "
             "`space` the ones Optuna varies.", "", *table(SearchConfig), ""]
+    out += ["## The attacks (`AttackSettings`, `smoothblock evaluate --FIELD`)", "",
+            (AttackSettings.__doc__ or "").strip().replace("\n   ", "").replace("\n", " "), "",
+            "A search sets `norm`, `eps`, `eot_iter`, `eot_steps` and `fgsm_eps` from its own keys above, and runs "
+            "every attack on all of its images (`eot_images`, `cw_images`); the rest keep these defaults.", "", *table(AttackSettings), ""]
     return "\n".join(out)
 
 

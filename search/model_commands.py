@@ -154,7 +154,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from smoothblock.evaluation import evaluate
-    from smoothblock.train import resolve_device
+    from smoothblock.device import resolve_device
 
     if args.images < 1:
         raise ConfigError(f"--images must be >= 1, got {args.images}")

@@ -9,6 +9,7 @@ its input is quantised with no gradient, so white-box attacks see a zero gradien
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 

@@ -23,7 +23,7 @@ from smoothblock.checkpoint import atomic_write, load_checkpoint
 from smoothblock.config import FIELD_NAMES
 from smoothblock.data import Splits, TensorDataset, cache_root, fingerprint, iterate_batches, load_splits
 from smoothblock.hub import network_from_state, prepare_network, resolve
-from smoothblock.train import resolve_device
+from smoothblock.device import resolve_device
 
 from .baseline import Baseline, weights_digest
 

@@ -17,7 +17,7 @@ from smoothblock.audit import audit
 from smoothblock.checkpoint import load_training_state
 from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
-from smoothblock.train import resolve_device
+from smoothblock.device import resolve_device
 
 from .assets import Assets, Scoring, attack_batch, trial_config
 

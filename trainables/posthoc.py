@@ -19,7 +19,7 @@ from smoothblock.data import to_float
 from smoothblock.evaluation import changes_output, evaluate
 from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
-from smoothblock.train import resolve_device
+from smoothblock.device import resolve_device
 
 from .baseline import Baseline, baseline_key, gains, load_cached, store_cached
 from .assets import (SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, attack_batch, release_memory,

@@ -19,7 +19,8 @@ from torch import nn
 
 from smoothblock.defended import wrap_for_inference
 from smoothblock.evaluation import evaluate
-from smoothblock.train import resolve_device, train
+from smoothblock.device import resolve_device
+from smoothblock.train import train
 
 from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, trial_config
 
