@@ -154,7 +154,7 @@ def _init_worker(assets, threads: int) -> None:
 
 
 def _score(search: SearchConfig, point: dict | None) -> tuple[str, dict]:
-    from trainables.assets import trial_config
+    from trainables.params import trial_config
     from trainables.posthoc import score
 
     cfg = _ASSETS.base.replace(method="none") if point is None else trial_config(_ASSETS.base, point)

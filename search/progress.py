@@ -12,7 +12,7 @@ from ray import tune
 from tqdm import tqdm
 
 from smoothblock import Config
-from trainables.assets import trial_config
+from trainables.params import trial_config
 
 from .tracking import run_label
 

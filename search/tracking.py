@@ -23,7 +23,8 @@ from ray import tune
 from smoothblock import Config
 from smoothblock.errors import ConfigError
 from smoothblock.version import commit
-from trainables.assets import Recorded, config_params, trial_config
+from trainables.params import config_params, trial_config
+from trainables.recorded import Recorded
 
 # The store's functions, under the names the rest of the search uses (tracking.connect, ...).
 from .tracking_store import _FULL_URIS, connect, fail_fast, redact, resolve_tracking_uri, store_lock  # noqa: F401
@@ -162,7 +163,7 @@ class TrialLogger(tune.Callback):
                  max_iterations: int | None = None, tags: dict[str, str] | None = None) -> None:
         """On resume, a new trial whose configuration equals that of a run FINISHED after Ray's
         last saved state takes that run over (trials are seeded: the trial reports that run's
-        result instead of running, see ``trainables.assets.Recorded``)."""
+        result instead of running, see ``trainables.recorded.Recorded``)."""
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_id = parent_id

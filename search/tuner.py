@@ -19,7 +19,9 @@ from ray.tune.schedulers import ASHAScheduler
 from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
 from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
-from trainables.assets import SCHEDULER_METRIC, Assets, Recorded
+from trainables.assets import Assets
+from trainables.recorded import Recorded
+from trainables.scoring import SCHEDULER_METRIC
 from trainables.baseline import Baseline, gains
 
 from . import plots, tracking

@@ -129,6 +129,7 @@ def test_a_search_started_again_reads_its_transfer_examples_from_the_cache(image
     import pickle
 
     import trainables.assets as assets_module
+    import trainables.transfer as transfer_module
     from search.config import SearchConfig
 
     from .search_fixtures import tiny_checkpoint
@@ -146,8 +147,8 @@ def test_a_search_started_again_reads_its_transfer_examples_from_the_cache(image
     first = load()
     assert len(list((tmp_path / "cache" / "transfer").glob("*.safetensors"))) == 1
     crafted = []
-    original = assets_module.craft_transfer
-    monkeypatch.setattr(assets_module, "craft_transfer", lambda *a, **k: crafted.append(1) or original(*a, **k))
+    original = transfer_module.craft_transfer
+    monkeypatch.setattr(transfer_module, "craft_transfer", lambda *a, **k: crafted.append(1) or original(*a, **k))
     assert torch.equal(load().transfer, first.transfer) and not crafted  # read back, bit for bit
     load(seed=1)
     assert crafted == [1]  # another seed is another key: crafted again
@@ -158,7 +159,7 @@ def test_a_search_started_again_reads_its_transfer_examples_from_the_cache(image
 
 def test_an_attack_batch_holds_rows_so_an_ensemble_keeps_the_graph_of_one_pass():
     from smoothblock import Config
-    from trainables.assets import attack_batch
+    from trainables.scoring import attack_batch
 
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     four = Config(method="smoothblock", positions=[1], ensemble=4)

@@ -195,7 +195,8 @@ def test_the_verdict_says_when_the_best_finalist_is_the_identity():
 
 
 def test_a_resumed_trial_finds_its_recorded_result_by_id_or_by_configuration():
-    from trainables.assets import Recorded, config_params
+    from trainables.params import config_params
+    from trainables.recorded import Recorded
 
     cfg = Config(keep_prob=0.6, positions=(1, 2))
     result = {"clean_acc": 0.8, "pgd_acc": 0.3}

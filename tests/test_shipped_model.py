@@ -53,7 +53,8 @@ def test_a_posthoc_search_starts_from_it_by_name(name, image_folder):
     # What a search's driver and each trial do (search/tuner.py), without Ray: load the named
     # weights and the validation images, craft the transfer examples, score a defense in the model.
     from search.config import compose
-    from trainables.assets import load_assets, trial_config
+    from trainables.assets import load_assets
+    from trainables.params import trial_config
     from trainables.posthoc import score
 
     search = compose("posthoc", model=name, val_images=8, chunk_images=8, eot_iter=2, eot_steps=2, data=str(image_folder))

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from ray import tune
 
 from smoothblock.audit import audit
 from smoothblock.checkpoint import load_training_state
@@ -19,11 +18,14 @@ from smoothblock.defended import Autocast
 from smoothblock.hub import model_from_state
 from smoothblock.device import resolve_device
 
-from .assets import Assets, Scoring, attack_batch, trial_config
+from .assets import Assets
+from .session import Checkpoint
+from .params import trial_config
+from .scoring import Scoring, attack_batch
 
 
 def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,
-                  checkpoint: tune.Checkpoint | None = None) -> dict[str, Any]:
+                  checkpoint: Checkpoint | None = None) -> dict[str, Any]:
     """Audit a trial's defense on ``audit_images`` fresh validation images: the ones after the
     search's ``val_images``, which no trial was scored on.
 

@@ -11,7 +11,6 @@ import dataclasses
 from typing import Any, Iterator
 
 import torch
-from ray import tune
 
 from smoothblock import Config
 from smoothblock.attacks import ATTACKS
@@ -22,8 +21,12 @@ from smoothblock.hub import model_from_state
 from smoothblock.device import resolve_device
 
 from .baseline import Baseline, baseline_key, gains, load_cached, store_cached
-from .assets import (SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, attack_batch, release_memory,
-                     trial_config)
+from . import session
+from .assets import Assets
+from .memory import release_memory
+from .params import trial_config
+from .recorded import Recorded
+from .scoring import SCHEDULER_METRIC, Scoring, asha_score, attack_batch
 
 #: Metrics that are counts, not fractions: summed over chunks, not averaged (an attack's limit
 #: is reported under the name of its AttackSettings field).
@@ -120,12 +123,12 @@ def posthoc_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
     Reports ``clean_acc``, ``robust_acc``, the attacks' metrics, ``passes`` and ``images``.
     """
     cfg = trial_config(assets.base, params)
-    done = recorded.lookup(tune.get_context().get_trial_id(), cfg) if recorded else None
+    done = recorded.lookup(session.trial_id(), cfg) if recorded else None
     if done is not None:
-        tune.report(done)
+        session.report(done)
         return
     try:
         for metrics in score_chunks(cfg, search, assets):
-            tune.report(metrics)
+            session.report(metrics)
     finally:
         release_memory()

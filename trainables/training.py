@@ -1,20 +1,18 @@
 """Training trial (thesis Sections 4.3-4.5): train with the trial's defense, report every epoch.
 
 Each epoch ends with the clean and robust accuracy of the whole defended model (ensemble
-included) on the validation images, and a ``tune.Checkpoint`` of the run folder (``last.pt``
+included) on the validation images, and a checkpoint of the run folder (``last.pt``
 holds weights, optimizer and history). A restarted trial (a node died, the search resumed) goes
 on from that checkpoint; ASHA stops weak trials between epochs.
 """
 from __future__ import annotations
 
-import logging
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
-from ray import tune
 from torch import nn
 
 from smoothblock.defended import wrap_for_inference
@@ -22,7 +20,11 @@ from smoothblock.evaluation import evaluate
 from smoothblock.device import resolve_device
 from smoothblock.train import train
 
-from .assets import SCHEDULER_METRIC, Assets, Recorded, Scoring, asha_score, trial_config
+from .assets import Assets
+from .params import trial_config
+from .recorded import Recorded
+from . import session
+from .scoring import SCHEDULER_METRIC, Scoring, asha_score
 
 
 def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
@@ -36,22 +38,15 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
     # A trial MLflow holds as FINISHED, restored by Ray as unfinished or lost by Ray altogether
     # (the driver died between the two): its last result again, not another training. Training
     # is seeded, so the same configuration would train to the same result.
-    done = recorded.lookup(tune.get_context().get_trial_id(), trial_config(assets.base, params)) if recorded else None
+    done = recorded.lookup(session.trial_id(), trial_config(assets.base, params)) if recorded else None
     if done is not None:
-        tune.report(done)
+        session.report(done)
         return
-    # Not a line per epoch per trial on the driver's console ("Checkpoint successfully created").
-    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     work = Path(tempfile.mkdtemp(prefix="smoothblock-trial-"))
     try:
         cfg = trial_config(assets.base, params).replace(out_dir=str(work))
         device = resolve_device(cfg.device)
-        resume = False
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                shutil.copy2(Path(folder) / "last.pt", work / "last.pt")
-            resume = True
+        resume = session.restore_file("last.pt", work)
         settings = search.attack_settings()
 
         def report(epoch: int, metrics: dict[str, float], model: nn.Module) -> None:
@@ -65,7 +60,7 @@ def training_trial(params: dict[str, Any], *, search: Scoring, assets: Assets,
             row = {k: v for k, v in metrics.items() if k != "val_acc"}  # clean_acc replaces it
             row.update(scores, passes=cfg.passes)
             row[SCHEDULER_METRIC] = asha_score(row)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(str(work)))
+            session.report(row, folder=work)
 
         train(cfg, resume=resume, splits=assets.splits, on_epoch_end=report, progress=False,
               init_state=assets.state_dict)
