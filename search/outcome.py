@@ -6,7 +6,7 @@ from typing import Any
 
 from . import tracking
 from .config import SearchConfig
-from .export import rank
+from .ranking import rank
 from .tracking import AUDITED
 
 #: The parent run's metrics of the undefended model (``undefended_robust_acc``, ...).

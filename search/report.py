@@ -13,7 +13,8 @@ from smoothblock.errors import ConfigError
 
 from . import tracking
 from .config import SearchConfig
-from .export import AUDITED, pareto_front, rank
+from .ranking import pareto_front, rank
+from .tracking import AUDITED
 from .outcome import BASELINE_PREFIX, Outcome
 
 SHOWN = ("method", "positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble",

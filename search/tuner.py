@@ -28,7 +28,7 @@ from . import plots, tracking
 from .progress import TrialLines
 from .searcher import make_searcher, replaying
 from .config import SearchConfig
-from .export import rank
+from .ranking import rank
 from .outcome import BASELINE_PREFIX, Outcome, summarize, trial_rows
 from .tracking import AUDIT_PREFIX, AUDITED
 from .storage import Storage

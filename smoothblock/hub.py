@@ -33,17 +33,6 @@ def resolve(name_or_path: str | Path) -> Path:
     raise CheckpointError(f"{name_or_path} is neither a shipped model ({known}) nor a checkpoint file")
 
 
-def load_config_and_weights(name_or_path: str | Path, **overrides: Any) -> tuple[Config, nn.Module]:
-    """The checkpoint's configuration with ``overrides`` applied, and the network with its weights.
-
-    The network is returned without the ensemble wrapper (in eval mode), for code that needs it.
-    """
-    path = resolve(name_or_path)
-    saved, state_dict = load_checkpoint(path)
-    cfg = apply_overrides(saved, path, **overrides)
-    return cfg, network_from_state(cfg, state_dict, path)
-
-
 def apply_overrides(saved: Config, path: str | Path, **overrides: Any) -> Config:
     """``saved`` (a checkpoint's configuration) with ``overrides``; the architecture cannot change."""
     if "arch" in overrides and overrides["arch"] != saved.arch:
@@ -76,11 +65,12 @@ def load_model(name_or_path: str | Path, *, device: str | torch.device = "cpu", 
         defended model, ensemble included (for ensembles: log of the mean softmax), shape (N, K).
         Its configuration is at ``model.smoothblock_config``. It is for inference and attacks only:
         the CIFAR ResNets come with their batch norms folded into the convolutions
-        (:meth:`~smoothblock.models.CifarResNet.fold_batchnorm`); to train, use
-        :func:`load_config_and_weights`.
+        (:meth:`~smoothblock.models.CifarResNet.fold_batchnorm`); to train from its weights, set
+        ``init_from`` in the training configuration.
     """
-    cfg, model = load_config_and_weights(name_or_path, **overrides)
-    return _for_inference(model, cfg, device)
+    path = resolve(name_or_path)
+    saved, state_dict = load_checkpoint(path)
+    return model_from_state(apply_overrides(saved, path, **overrides), state_dict, device=device, source=path)
 
 
 def model_from_state(cfg: Config, state_dict: dict[str, torch.Tensor], *, device: str | torch.device = "cpu",

@@ -22,13 +22,13 @@ import torchattacks
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import load_state_into, load_training_state, save_training_state, save_weights
+from .checkpoint import load_checkpoint, load_state_into, load_training_state, save_training_state, save_weights
 from .config import Config, RunSpec
 from .data import Splits, augment, iterate_batches, load_splits
 from .defended import build_model
 from .device import resolve_device, use_bf16
 from .errors import CheckpointError, ConfigError
-from .hub import load_config_and_weights
+from .hub import network_from_state, resolve
 from .recipes import Recipe, resolve_recipe
 
 log = logging.getLogger(__name__)
@@ -166,11 +166,12 @@ def accuracy(model: nn.Module, dataset, device: torch.device, batch_size: int = 
 def initial_weights(cfg: Config) -> dict[str, torch.Tensor]:
     """The weights of ``cfg.init_from`` (a shipped name or checkpoint), checked to fit ``cfg``'s
     network: only the weights are taken, the defense and training settings are ``cfg``'s."""
-    saved, network = load_config_and_weights(cfg.init_from)
+    path = resolve(cfg.init_from)
+    saved, state_dict = load_checkpoint(path)
     if (saved.arch, saved.num_classes) != (cfg.arch, cfg.num_classes):
         raise ConfigError(f"init_from {cfg.init_from} holds a {saved.arch} for {saved.num_classes} classes, "
                           f"not a {cfg.arch} for {cfg.num_classes}")
-    return network.state_dict()
+    return network_from_state(saved, state_dict, path).state_dict()  # checked: the weights fit the network
 
 
 def _resumed_state(cfg: Config, state_path: Path) -> dict[str, Any]:

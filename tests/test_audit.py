@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from search.export import rank
+from search.ranking import rank
 from smoothblock.attacks import AttackSettings
 from smoothblock.audit import audit
 from smoothblock.data import TensorDataset

@@ -13,7 +13,7 @@ from ray.tune.experiment import Trial
 
 from search import tracking
 from search.cli import main
-from search.export import pareto_front
+from search.ranking import pareto_front
 from smoothblock import Config
 from smoothblock.checkpoint import load_checkpoint, read_provenance
 

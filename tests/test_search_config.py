@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from search.config import SearchConfig, compose, list_presets
-from search.export import pareto_front, rank
+from search.ranking import pareto_front, rank
 from search.space import SearchSpace
 from smoothblock import Config
 from smoothblock.errors import ConfigError
