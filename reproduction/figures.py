@@ -9,8 +9,9 @@ matplotlib.use("Agg")  # files only: no display, no GUI backend on a server
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-import torchattacks  # noqa: E402
 from torch import nn  # noqa: E402
+
+from smoothblock.attacks import AttackSettings, get_attack, metric_name  # noqa: E402
 
 from .thesis import FGSM_EPS  # noqa: E402
 
@@ -126,7 +127,9 @@ def cam_grid(models: dict[str, nn.Module], images: torch.Tensor, labels: torch.T
         model = model.eval()
         with torch.random.fork_rng():
             torch.manual_seed(seed)
-            adv = torchattacks.PGD(model, eps=eps, alpha=2 / 255, steps=7, random_start=True)(images, labels)
+            # The registry's PGD-7 (alpha 2/255, random start); AttackSettings takes eps in 1/255.
+            pgd = get_attack("pgd").build(model, AttackSettings(eps=eps * 255), len(classes), seed)
+            adv = pgd[metric_name("pgd")](images, labels)
             for k, (kind, x) in enumerate((("clean", images), ("PGD", adv))):
                 # The last residual stage: the last map with a spatial extent (8 x 8 for CIFAR).
                 target = model.stages[[name for name in model.stages if name.startswith("layer")][-1]]

@@ -26,11 +26,12 @@ from typing import Any
 import yaml
 
 from smoothblock import Config
-from smoothblock.checkpoint import atomic_write, load_checkpoint, read_provenance, save_weights
 from smoothblock.attacks import AttackSettings
+from smoothblock.checkpoint import atomic_write, load_checkpoint, read_provenance, save_weights
 from smoothblock.config import file_record
 from smoothblock.errors import CheckpointError, ConfigError
 from smoothblock.hub import resolve
+from smoothblock.stats import interval_names
 
 from . import tracking
 from .config import METRIC
@@ -141,9 +142,8 @@ def record(client, row: dict[str, Any], params: dict[str, str], tmp: str) -> dic
     prefix, counted = (AUDIT_PREFIX, int(row.get(f"{AUDIT_PREFIX}images", 0))) if fresh else ("", images)
     for name in ("robust_gain", "clean_cost"):
         if f"{prefix}{name}" in row:
-            out[name] = {"estimate": round(float(row[f"{prefix}{name}"]), 4),
-                         "low": round(float(row[f"{prefix}{name}_low"]), 4),
-                         "high": round(float(row[f"{prefix}{name}_high"]), 4), "images": counted,
+            estimate, low, high = (round(float(row[prefix + key]), 4) for key in interval_names(name))
+            out[name] = {"estimate": estimate, "low": low, "high": high, "images": counted,
                          "split": "validation, fresh images (the audit's)" if fresh else "validation (the search's)",
                          "interval": "95%, paired (Newcombe's hybrid score, smoothblock.stats)"}
     draws = {"search_seed": int(params.get("search_seed", params.get("seed", 0))), "eot_iter": int(params.get("eot_iter", 0)),

@@ -27,6 +27,9 @@ matplotlib.use("Agg")  # files only
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 
+from smoothblock.attacks import metric_name, metric_names  # noqa: E402
+from smoothblock.stats import interval_names  # noqa: E402
+
 from . import tracking  # noqa: E402
 from .config import SearchConfig  # noqa: E402
 
@@ -123,9 +126,10 @@ def tradeoff_figure(search: SearchConfig, runs: list, parent_metrics: dict[str, 
 def _gain_bars(ax, x: list, metrics: list[dict], prefix: str, **style) -> None:
     """``prefix + robust_gain`` of each run's metrics at ``x``, in points, with its interval
     (``_low``/``_high``) as asymmetric error bars."""
-    gain = [100 * v[f"{prefix}robust_gain"] for v in metrics]
-    low = [g - 100 * v[f"{prefix}robust_gain_low"] for g, v in zip(gain, metrics)]
-    high = [100 * v[f"{prefix}robust_gain_high"] - g for g, v in zip(gain, metrics)]
+    names = [prefix + key for key in interval_names("robust_gain")]
+    gain = [100 * v[names[0]] for v in metrics]
+    low = [g - 100 * v[names[1]] for g, v in zip(gain, metrics)]
+    high = [100 * v[names[2]] - g for g, v in zip(gain, metrics)]
     ax.errorbar(x, gain, yerr=[low, high], lw=1, capsize=2, **style)
 
 
@@ -160,18 +164,18 @@ def gain_figure(search: SearchConfig, runs: list, path: Path) -> Path | None:
     return path
 
 
-def trial_artifacts(client, run, folder: Path) -> None:
+def trial_artifacts(client, search: SearchConfig, run, folder: Path) -> None:
     """A child run's accuracy per attack (an MLflow table) and, where FGSM ran, against eps."""
     metrics = run.data.metrics
-    accuracies = {k[: -len("_acc")]: v for k, v in sorted(metrics.items())
-                  if k.endswith("_acc") and not k.startswith(("audit_", "audited_", "undefended_"))}
+    names = [*metric_names(search.attacks, search.attack_settings()), "robust_acc"]
+    accuracies = {name: metrics[name] for name in names if name in metrics}
     if accuracies:
-        client.log_table(run.info.run_id, data={"attack": list(accuracies), "accuracy": list(accuracies.values())},
+        client.log_table(run.info.run_id, data={"metric": list(accuracies), "accuracy": list(accuracies.values())},
                          artifact_file="accuracy_by_attack.json")
-    eps = sorted(int(k.split("_")[1]) for k in metrics if k.startswith("fgsm_") and k.endswith("_acc"))
+    eps = sorted(e for e in search.fgsm_eps if metric_name("fgsm", eps=e) in metrics)
     if eps:
         fig, ax = plt.subplots(figsize=(5, 3.5), layout="constrained")
-        ax.plot(eps, [100 * metrics[f"fgsm_{e}_acc"] for e in eps], marker="o")
+        ax.plot(eps, [100 * metrics[metric_name("fgsm", eps=e)] for e in eps], marker="o")
         ax.set_xscale("log", base=2)
         ax.set_xticks(eps, [str(e) for e in eps])
         ax.set_xlabel("FGSM eps (/255)")
@@ -211,5 +215,5 @@ def _log_plots(client, search: SearchConfig, parent_id: str, runs: list) -> list
             client.log_artifact(parent_id, str(path), "plots")
         for run in runs:
             if run.info.status == "FINISHED":
-                trial_artifacts(client, run, folder)
+                trial_artifacts(client, search, run, folder)
     return [f"plots/{p.name}" for p in paths]

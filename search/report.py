@@ -8,14 +8,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from smoothblock.attacks import ATTACKS, metric_name
 from smoothblock.checkpoint import atomic_write
 from smoothblock.errors import ConfigError
+from smoothblock.stats import interval_names
 
 from . import tracking
 from .config import SearchConfig
 from .ranking import pareto_front, rank
-from .tracking import AUDITED
 from .outcome import BASELINE_PREFIX, Outcome
+from .tracking import AUDITED
 
 SHOWN = ("method", "positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble",
          "defense_at", "adv_training")
@@ -53,7 +55,8 @@ def interval(row: dict[str, Any], name: str) -> str:
     """``+0.0120 (-0.0040..+0.0280)``: a row's ``name`` and its ``name_low``..``name_high``."""
     if name not in row:
         return ""
-    return f"{row[name]:+.4f} ({row[f'{name}_low']:+.4f}..{row[f'{name}_high']:+.4f})"
+    estimate, low, high = (row[k] for k in interval_names(name))
+    return f"{estimate:+.4f} ({low:+.4f}..{high:+.4f})"
 
 
 def summary_lines(outcome: Outcome) -> list[str]:
@@ -97,7 +100,7 @@ def verdict(best: dict[str, Any]) -> str:
     accuracy over the undefended base on the fresh images, with its paired 95% interval (and, when
     that finalist changes no output, that it is the identity: no defense at all)."""
     audit = best["audit"]
-    gain, low, high = (100 * audit[k] for k in ("robust_gain", "robust_gain_low", "robust_gain_high"))
+    gain, low, high = (100 * audit[k] for k in interval_names("robust_gain"))
     images = int(audit["images"])
     if low > 0:
         return (f"the best defense adds {gain:.1f} points (95% CI {low:.1f}..{high:.1f}) of worst-case robust "
@@ -184,7 +187,8 @@ def report(name: str, out: str | None = None, mlflow_uri: str | None = None) -> 
 def audit_line(row: dict[str, Any], metric: str) -> str:
     """One finalist's audit: its score before and after, which attacks broke how many images (%),
     the unbounded check, and the verdict."""
-    broke = {k[:-len("_broke")]: v for k, v in row["audit"].items() if k.endswith("_broke") and v > 0}
+    broke = {name: row["audit"][metric_name(name, "broke")] for name in ATTACKS
+             if row["audit"].get(metric_name(name, "broke"), 0) > 0}
     by = ", ".join(f"{k} {100 * v:.1f}" for k, v in sorted(broke.items(), key=lambda kv: -kv[1])) or "none"
     state = ("OBFUSCATED: " + "; ".join(row["audit_reasons"]) if row["obfuscated"]
              else "no indicator of a failed attack")

@@ -43,6 +43,15 @@ class PairedDifference:
         """Whether the interval excludes zero."""
         return self.low > 0 or self.high < 0
 
+    def metrics(self, name: str) -> dict[str, float]:
+        """The estimate and its interval as flat metrics: ``name``, ``name_low``, ``name_high``."""
+        return dict(zip(interval_names(name), (self.estimate, self.low, self.high)))
+
+
+def interval_names(name: str) -> tuple[str, str, str]:
+    """The one place an interval's metrics are named: (``name``, ``name_low``, ``name_high``)."""
+    return name, f"{name}_low", f"{name}_high"
+
 
 def wilson(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
     """Wilson's score interval for a binomial proportion (``successes`` of ``n``)."""

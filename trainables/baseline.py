@@ -95,8 +95,5 @@ def gains(clean: torch.Tensor, robust: torch.Tensor, baseline: Baseline | None) 
     """
     if baseline is None:
         return {}
-    robust_gain = paired_difference(robust, baseline.robust[: len(robust)])
-    clean_cost = paired_difference(baseline.clean[: len(clean)], clean)
-    return {"robust_gain": robust_gain.estimate, "robust_gain_low": robust_gain.low,
-            "robust_gain_high": robust_gain.high, "clean_cost": clean_cost.estimate,
-            "clean_cost_low": clean_cost.low, "clean_cost_high": clean_cost.high}
+    return {**paired_difference(robust, baseline.robust[: len(robust)]).metrics("robust_gain"),
+            **paired_difference(baseline.clean[: len(clean)], clean).metrics("clean_cost")}
