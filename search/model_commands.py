@@ -146,8 +146,8 @@ def _dataset(args: argparse.Namespace, base_cfg: Config):
     if args.split == "test":
         return load_dataset(args.data, "test", args.cache_dir)[0]
     split = base_cfg.replace(**overrides(args, ("val_size", "split_seed")))  # DataSpec's defaults unless given
-    return load_splits(args.data, val_size=split.val_size, split_seed=split.split_seed,
-                       cache_dir=args.cache_dir, need_test=False).val
+    return load_splits(args.data, val_size=split.val_size, split_seed=split.split_seed, subset=0,
+                       cache_dir=args.cache_dir, need_test=False, val_images=args.images).val
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

@@ -106,34 +106,72 @@ def _decode(files: list[Path], desc: str) -> torch.Tensor:
     return torch.stack(images)
 
 
-def _image_folder(folder: Path, split: str, cache_dir: str | None) -> tuple[TensorDataset, tuple[str, ...]]:
+def _image_folder(folder: Path, split: str, cache_dir: str | None,
+                  positions: torch.Tensor | None = None) -> tuple[TensorDataset, tuple[str, ...]]:
+    """The folder's ``split`` in the fixed order of :func:`load_dataset`; with ``positions``,
+    only the images at those places of that order are decoded (or read from the whole split's
+    cache when it exists), each subset cached under its own key."""
     if folder.is_dir() and not (folder / split).is_dir():
         raise DataError(f"data folder {folder} holds no {split}/ subfolder (an ImageFolder copy needs train/ and test/)")
     files, labels, classes = _list_folder(folder / split)
+    order = torch.randperm(len(files), generator=torch.Generator().manual_seed(FOLDER_ORDER_SEED))
     # The key changes whenever the folder's list of files does, so a stale cache is never read.
     key = hashlib.sha256("\n".join(map(str, [folder.resolve(), split, *files])).encode()).hexdigest()[:16]
-    cache_file = cache_root(cache_dir) / "folders" / f"{folder.name}-{split}-{key}.pt"
-    if cache_file.is_file():
-        try:
-            cached = torch.load(cache_file, map_location="cpu", weights_only=True)
-            if len(cached["labels"]) == len(files):
-                return TensorDataset(cached["images"], cached["labels"]), classes
-        except Exception:  # a cache file cut short by a killed run: decode again
-            log.warning("ignoring unreadable cache %s", cache_file)
-    images = _decode(files, f"decoding {folder.name}/{split}")
-    dataset = TensorDataset(images, torch.tensor(labels, dtype=torch.int64))
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"images": dataset.images, "labels": dataset.labels}, tmp)
-    os.replace(tmp, cache_file)
+    whole = cache_root(cache_dir) / "folders" / f"{folder.name}-{split}-{key}.pt"
+    cached = _read_cache(whole, len(files))
+    if cached is not None:
+        dataset = cached.take(order)
+        return (dataset if positions is None else dataset.take(positions)), classes
+    if positions is None:
+        picked = order
+        cache_file = whole
+    else:
+        picked = order[positions]
+        subset_key = hashlib.sha256(picked.numpy().tobytes()).hexdigest()[:16]
+        cache_file = whole.with_name(f"{whole.stem}-subset-{subset_key}.pt")
+        cached = _read_cache(cache_file, len(picked))
+        if cached is not None:
+            return cached, classes
+    chosen = [files[i] for i in picked.tolist()]
+    what = "" if positions is None else f" ({len(chosen)} of its {len(files)} images)"
+    dataset = TensorDataset(_decode(chosen, f"decoding {folder.name}/{split}{what}"),
+                            torch.tensor(labels, dtype=torch.int64)[picked])
+    if positions is None:  # the whole split is cached in the folder's own order
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order))
+        _write_cache(whole, dataset.take(inverse))
+    else:
+        _write_cache(cache_file, dataset)
     return dataset, classes
+
+
+def _read_cache(path: Path, expected: int) -> TensorDataset | None:
+    if not path.is_file():
+        return None
+    try:
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        if len(cached["labels"]) == expected:
+            return TensorDataset(cached["images"], cached["labels"])
+    except Exception:  # a cache file cut short by a killed run: decode again
+        log.warning("ignoring unreadable cache %s", path)
+    return None
+
+
+def _write_cache(path: Path, dataset: TensorDataset) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"images": dataset.images, "labels": dataset.labels}, tmp)
+    os.replace(tmp, path)
 
 
 FOLDER_ORDER_SEED = 0
 
 
-def load_dataset(data: str, split: str, cache_dir: str | None = None) -> tuple[TensorDataset, tuple[str, ...]]:
-    """One split (``"train"`` or ``"test"``) of ``data`` ("cifar10" or an ImageFolder folder).
+def load_dataset(data: str, split: str, cache_dir: str | None = None,
+                 positions: torch.Tensor | None = None) -> tuple[TensorDataset, tuple[str, ...]]:
+    """One split (``"train"`` or ``"test"``) of ``data`` ("cifar10" or an ImageFolder folder);
+    with ``positions`` (indices into the split), only those images, and for a folder only those
+    are decoded.
 
     An ImageFolder lists its images class by class, so its "first 1000 test images" would be one
     class only. Folder images are therefore put in one fixed order (a permutation seeded with
@@ -143,10 +181,19 @@ def load_dataset(data: str, split: str, cache_dir: str | None = None) -> tuple[T
     if split not in ("train", "test"):
         raise ValueError(f"split must be train or test, got {split!r}")
     if data == "cifar10":
-        return _torchvision_cifar10(split, cache_dir)
-    dataset, classes = _image_folder(Path(data).expanduser(), split, cache_dir)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(FOLDER_ORDER_SEED))
-    return dataset.take(order), classes
+        dataset, classes = _torchvision_cifar10(split, cache_dir)
+        return (dataset if positions is None else dataset.take(positions)), classes
+    return _image_folder(Path(data).expanduser(), split, cache_dir, positions)
+
+
+def split_size(data: str, split: str, cache_dir: str | None = None) -> int:
+    """How many images ``split`` of ``data`` holds, without decoding a folder's images."""
+    if data == "cifar10":
+        return len(_torchvision_cifar10(split, cache_dir)[0])
+    folder = Path(data).expanduser()
+    if folder.is_dir() and not (folder / split).is_dir():
+        raise DataError(f"data folder {folder} holds no {split}/ subfolder (an ImageFolder copy needs train/ and test/)")
+    return len(_list_folder(folder / split)[0])
 
 
 def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -158,25 +205,34 @@ def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor,
 
 
 def load_splits(data: str, *, val_size: int = 5000, split_seed: int = 0, subset: int | None = None,
-                cache_dir: str | None = None, need_test: bool = True) -> Splits:
+                cache_dir: str | None = None, need_test: bool = True, val_images: int | None = None) -> Splits:
     """Training, validation and test sets.
 
     ``subset`` keeps the first ``subset`` training images of a seeded shuffle (after the
-    validation images are removed), so a subset never overlaps validation.
+    validation images are removed), so a subset never overlaps validation. ``val_images`` keeps
+    the first that many of the validation split. With ``subset=0`` (a post-hoc search) a folder's
+    only decoded images are those validation images: none of the training images proper.
     """
-    full_train, classes = load_dataset(data, "train", cache_dir)
-    train_idx, val_idx = split_indices(len(full_train), val_size, split_seed)
+    n = split_size(data, "train", cache_dir)
+    train_idx, val_idx = split_indices(n, val_size, split_seed)
+    val_idx = val_idx[:val_images]
     if subset is not None:
         shuffled = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(split_seed + 1))]
         train_idx = shuffled[:subset].sort().values
-    if need_test:
-        test, _ = load_dataset(data, "test", cache_dir)
+    if len(train_idx) == 0 and len(val_idx) > 0:
+        val, classes = load_dataset(data, "train", cache_dir, positions=val_idx)
+        train = _empty_like(val)
     else:
-        # New empty tensors, not full_train.images[:0]: a view keeps (and pickles, when a search ships
-        # its assets to every worker) the whole training set's storage.
-        test = TensorDataset(full_train.images.new_empty((0, *full_train.images.shape[1:])),
-                             full_train.labels.new_empty((0,)))
-    return Splits(full_train.take(train_idx), full_train.take(val_idx), test, classes)
+        full_train, classes = load_dataset(data, "train", cache_dir)
+        train, val = full_train.take(train_idx), full_train.take(val_idx)
+    # New empty tensors, not a [:0] view: a view keeps (and pickles, when a search ships its
+    # assets to every worker) the whole training set's storage.
+    test = load_dataset(data, "test", cache_dir)[0] if need_test else _empty_like(val)
+    return Splits(train, val, test, classes)
+
+
+def _empty_like(dataset: TensorDataset) -> TensorDataset:
+    return TensorDataset(dataset.images.new_empty((0, *dataset.images.shape[1:])), dataset.labels.new_empty((0,)))
 
 
 def fingerprint(dataset: TensorDataset) -> str:

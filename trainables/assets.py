@@ -5,7 +5,6 @@ where the search was launched.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +65,7 @@ def load_assets(trainable: str, base: Config, model: str | None, val_images: int
         base = base.replace(arch=model_config.arch, num_classes=model_config.num_classes)
     splits = load_splits(base.data, val_size=base.val_size, split_seed=base.split_seed,
                          subset=base.subset if trainable == "train" else 0,
-                         cache_dir=base.cache_dir, need_test=False)
-    # An index copies: a slice would be a view that ships the whole validation split's storage.
-    splits = dataclasses.replace(splits, val=splits.val.take(torch.arange(min(val_images, len(splits.val)))))
+                         cache_dir=base.cache_dir, need_test=False, val_images=val_images)
     transfer = None
     if trainable == "posthoc" and "transfer" in attacks:
         transfer = cached_transfer(network, state_dict, splits.val, settings, seed=seed,
