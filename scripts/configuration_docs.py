@@ -47,6 +47,7 @@ def _default(info) -> str:
 def _type(info) -> str:
     text = str(info.annotation).replace("typing.", "").replace("NoneType", "null")
     text = text.replace("tuple[int, ...]", "list of int").replace("tuple[str, ...]", "list of str")
+    text = text.replace("tuple[int | float, ...]", "list of numbers")
     text = text.replace("tuple[dict[str, Any], ...]", "list of mappings").replace("<class '", "").replace("'>", "")
     text = text.replace(" | ", " or ").replace("smoothblock.config.Config", "mapping (model configuration)")
     text = text.replace("search.space.SearchSpace", "mapping (space)")

@@ -11,12 +11,12 @@ def columns(settings: AttackSettings = AttackSettings()) -> list[tuple[str, str]
     cols = [("clean_acc", "clean")]
     for name, attack in ATTACKS.items():
         if attack.per_eps:
-            cols += [(metric_name(name, eps=e), f"{attack.title} {e}") for e in settings.fgsm_eps]
+            cols += [(metric_name(name, eps=e), f"{attack.title} {e:g}") for e in settings.fgsm_eps]
         else:
             cols.append((metric_name(name), f"{attack.title} acc" if attack.targeted else attack.title))
         if attack.targeted:
             cols.append((metric_name(name, "asr"), f"{attack.title} ASR"))
-    return (cols + [(worst_fgsm_metric(e), f"worst FGSM {e}") for e in settings.fgsm_eps]
+    return (cols + [(worst_fgsm_metric(e), f"worst FGSM {e:g}") for e in settings.fgsm_eps]
             + [(metric_name(name, "broke"), f"{a.title} broke") for name, a in ATTACKS.items()]
             + [("robust_acc", "worst")])
 

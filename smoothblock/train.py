@@ -22,7 +22,7 @@ import torchattacks
 from torch import nn
 from tqdm import tqdm
 
-from .attacks import AttackSettings
+from .attacks import AttackSettings, get_attack
 from .checkpoint import load_checkpoint, load_state_into, load_training_state, save_training_state, save_weights
 from .config import Config, RunSpec
 from .data import Splits, augment, iterate_batches, load_splits
@@ -47,18 +47,24 @@ class TrainResult:
     weights_path: Path | None = None
 
 
-def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config) -> torch.Tensor:
-    if cfg.adv_training == "fgsm":
-        attack = torchattacks.FGSM(model, eps=cfg.adv_eps)
-    elif cfg.adv_training == "ffgsm":  # uniform random start in the eps-ball, then one step of alpha
-        attack = torchattacks.FFGSM(model, eps=cfg.adv_eps, alpha=cfg.adv_alpha)
-    else:
-        attack = torchattacks.PGD(model, eps=cfg.adv_eps, alpha=cfg.adv_alpha, steps=cfg.adv_steps,
-                                  random_start=True)
-    # The attack sees the model as training sees it (defense in training mode), but with batch
-    # norm on its running statistics so the attack's passes do not update them.
+def training_attack(model: nn.Module, cfg: Config) -> torchattacks.Attack:
+    """The registry's attack that adversarial training crafts with: ``fgsm`` at ``adv_eps``,
+    ``ffgsm`` (a uniform random start in the eps-ball, then one step of ``adv_alpha``) or ``pgd``
+    (``adv_steps`` steps of ``adv_alpha``, random start), in the L-inf ball.
+
+    The attack sees the model as training sees it (the defense in training mode), but with batch
+    norm on its running statistics, so the attack's passes do not update them: torchattacks'
+    training-mode switch, which these three entries (torchattacks attacks under L-inf) have."""
+    eps = cfg.adv_eps * 255  # AttackSettings gives L-inf radii in 1/255
+    settings = AttackSettings(fgsm_eps=(eps,), eps=eps, pgd_alpha=cfg.adv_alpha, pgd_steps=cfg.adv_steps,
+                              ffgsm_alpha=cfg.adv_alpha)
+    (attack,) = get_attack(cfg.adv_training).build(model, settings, cfg.num_classes, cfg.seed).values()
     attack.set_model_training_mode(model_training=True, batchnorm_training=False)
-    return attack(images, labels)
+    return attack
+
+
+def _adversarial(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, cfg: Config) -> torch.Tensor:
+    return training_attack(model, cfg)(images, labels)
 
 
 def augmented_batches(dataset, batch_size: int, cutout: int, generator: torch.Generator,

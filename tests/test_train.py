@@ -198,3 +198,27 @@ def test_subset_never_overlaps_validation(image_folder):
     assert torch.equal(again.val.images, splits.val.images)  # the split is fixed by its seed
     train_set = {bytes(t.numpy()) for t in again.train.images}
     assert not any(bytes(t.numpy()) in train_set for t in splits.val.images)
+
+
+@pytest.mark.parametrize("kind", ["fgsm", "ffgsm", "pgd"])
+def test_adversarial_training_crafts_with_the_registry_attack_as_torchattacks_does(kind):
+    import torchattacks
+
+    from smoothblock import build_model
+    from smoothblock.train import training_attack
+
+    cfg = Config(method="smoothblock", defense_at="both", adv_training=kind, adv_eps=8 / 255, adv_alpha=2 / 255,
+                 adv_steps=3, device="cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    direct = {"fgsm": lambda: torchattacks.FGSM(model, eps=8 / 255),
+              "ffgsm": lambda: torchattacks.FFGSM(model, eps=8 / 255, alpha=2 / 255),
+              "pgd": lambda: torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=3, random_start=True)}[kind]()
+    direct.set_model_training_mode(model_training=True, batchnorm_training=False)
+    outputs = []
+    for attack in (training_attack(model, cfg), direct):
+        torch.manual_seed(1)  # the random start and the defense's draws
+        outputs.append(attack(images, labels))
+    assert torch.equal(outputs[0], outputs[1])
+    assert (outputs[0] - images).abs().max() <= 8 / 255 + 1e-6

@@ -44,7 +44,7 @@ from .base import (ATTACKS, Attack, Crafter, defense_off, get_attack, metric_nam
                    register, worst_fgsm_metric)
 from .settings import FGSM_EPS, NORM_NAMES, NORMS, AttackSettings
 
-for _attack in (_fgsm.FGSM, _fgsm.TRANSFER_FGSM, _fgsm.EOT_FGSM, _pgd.PGD, _pgd.TRANSFER, _pgd.EOT_PGD,
+for _attack in (_fgsm.FGSM, _fgsm.TRANSFER_FGSM, _fgsm.EOT_FGSM, _fgsm.FFGSM, _pgd.PGD, _pgd.TRANSFER, _pgd.EOT_PGD,
                 _apgd.APGD, _apgd.AUTOATTACK_RAND, _square.SQUARE, _pgd.UNBOUNDED, _cw.CW, _pgd.EOT_PGD_X2):
     register(_attack)
 

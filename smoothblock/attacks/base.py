@@ -25,14 +25,14 @@ def random_targets(labels: torch.Tensor, num_classes: int, generator: torch.Gene
     return (labels.cpu() + shift) % num_classes
 
 
-def metric_name(attack: str, kind: str = "acc", *, eps: int | None = None) -> str:
+def metric_name(attack: str, kind: str = "acc", *, eps: float | None = None) -> str:
     """The one place an attack's metric is named: ``<attack>_acc`` (accuracy under it),
     ``<attack>_<eps>_acc`` (a per-eps attack at ``eps`` in 1/255), ``<attack>_asr`` (a targeted
     attack's success rate) or ``<attack>_broke`` (in a cascade, the images it broke)."""
-    return f"{attack}_{eps}_{kind}" if eps is not None else f"{attack}_{kind}"
+    return f"{attack}_{eps:g}_{kind}" if eps is not None else f"{attack}_{kind}"
 
 
-def worst_fgsm_metric(eps: int) -> str:
+def worst_fgsm_metric(eps: float) -> str:
     """The per-image worst case over the per-eps attacks at ``eps``: ``worst_fgsm_<eps>_acc``."""
     return metric_name("worst_fgsm", eps=eps)
 

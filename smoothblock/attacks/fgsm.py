@@ -1,7 +1,8 @@
 """The FGSM family (Goodfellow et al. 2015), L-inf only, one metric per ``fgsm_eps`` (in 1/255):
 ``fgsm`` (torchattacks' FGSM), ``transfer_fgsm`` (crafted with the defense switched off) and
 ``eot_fgsm`` (on the gradient averaged over ``eot_iter`` draws): the adaptive FGSM, whose per-eps
-worst case with ``fgsm`` is ``worst_fgsm_<eps>_acc``."""
+worst case with ``fgsm`` is ``worst_fgsm_<eps>_acc``. And ``ffgsm``: FGSM from a uniform random
+start in the ball, one step of ``ffgsm_alpha`` (Wong et al. 2020's "fast" adversarial training)."""
 from __future__ import annotations
 
 import contextlib
@@ -44,6 +45,11 @@ TRANSFER_FGSM = Attack(
     "transfer_fgsm", "FGSM at each fgsm_eps crafted with the defense switched off", "transfer FGSM",
     kind="transfer", cheap=True, per_eps=True, norms=("linf",),
     build=lambda m, s, k, seed: _fgsm_family(m, s, "transfer_fgsm", draws=1, off=True),
+    cost=lambda s: 1)
+FFGSM = Attack(
+    "ffgsm", "FGSM from a random start in the ball, one step of ffgsm_alpha (Wong et al. 2020)", "FFGSM",
+    cheap=True, norms=("linf",),
+    build=lambda m, s, k, seed: {metric_name("ffgsm"): torchattacks.FFGSM(m, eps=s.radius, alpha=s.ffgsm_alpha)},
     cost=lambda s: 1)
 EOT_FGSM = Attack(
     # One step of eps on the sign of the gradient averaged over eot_iter draws: EOT-FGSM.

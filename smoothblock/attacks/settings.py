@@ -1,9 +1,11 @@
 """The attacks' parameters and threat model: one :class:`AttackSettings` for every attack."""
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Annotated
 
-from ..settings import IntList, Settings, one_of
+from pydantic import BeforeValidator, Field, field_validator
+
+from ..settings import Settings, as_tuple, one_of
 
 FGSM_EPS = (1, 2, 4, 8, 16, 32)
 
@@ -18,7 +20,9 @@ class AttackSettings(Settings):
     The threat model is ``norm`` and ``eps``; each field's description is its
     ``smoothblock evaluate --<field>`` help."""
 
-    fgsm_eps: IntList = Field(FGSM_EPS, description="FGSM's eps, in 1/255")
+    # Integers in 1/255 for the thesis' table; any number for adversarial training's adv_eps.
+    fgsm_eps: Annotated[tuple[int | float, ...], BeforeValidator(as_tuple)] = Field(
+        FGSM_EPS, description="FGSM's eps, in 1/255")
     norm: str = Field("linf", description="the threat model: linf or l2, the ball of PGD, transfer, EOT-PGD, APGD, "
                                           "AA-rand and Square (FGSM has no L2 form)")
     eps: float | None = Field(None, gt=0, description="the ball's radius: L-inf in 1/255 (default 8), L2 as a float "
@@ -26,6 +30,8 @@ class AttackSettings(Settings):
     pgd_alpha: float = Field(2 / 255, gt=0, description="L-inf step size of PGD, transfer and EOT-PGD (L2: a "
                                                         "quarter of eps)")
     pgd_steps: int = Field(7, ge=1, description="steps of the thesis' PGD")
+    ffgsm_alpha: float = Field(10 / 255, gt=0, description="FFGSM's step from its random start (Wong et al. 2020: "
+                                                           "1.25 eps)")
     # On the main command's best post-hoc defense, robust_acc on 500 validation images was 3.4%
     # with 16 draws, 2.6% with 32, 2.4% with 64 (docs/results.md).
     eot_iter: int = Field(32, ge=1, description="draws of the defense averaged in each EOT gradient (eot_pgd, "
