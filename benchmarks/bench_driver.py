@@ -2,8 +2,8 @@
 
 Every trial, however many GPU workers run them, passes through the one driver: Optuna proposes it
 (TPE, whose cost grows with the trials it has seen) and learns its result; the MLflow logger
-creates its run, logs its parameters, configuration and one metrics batch per report, and closes
-it. When the workers together finish trials faster than the driver handles them, the driver is the
+creates its run (tags and configuration in the one request), logs its parameters with the first
+report's metrics and one metrics batch per report, and closes it. When the workers together finish trials faster than the driver handles them, the driver is the
 bottleneck; this measures where.
 
 Protocol: the ``posthoc`` preset's search (its space, TPE sampler, seed 0).
@@ -12,7 +12,8 @@ Protocol: the ``posthoc`` preset's search (its space, TPE sampler, seed 0).
    numbers (1-50, 51-200, ...).
 2. MLflow: the search's own ``TrialLogger`` (Tune callback) for ``--mlflow_trials`` trials of 5
    reports each (the preset's chunks), against a real ``mlflow server`` on 127.0.0.1 (sqlite
-   backend) and against a local sqlite store; median seconds per trial.
+   backend) and against a local sqlite store; median seconds per trial, and trials an hour at
+   that cost.
 
 Run: python benchmarks/bench_driver.py [--trials 1000] [--mlflow_trials 50] [--json OUT]
      python benchmarks/bench_driver.py --smoke   (a few trials: it runs, no figures)
@@ -34,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from search import compose  # first: it sets Ray's authentication mode
-from search.tracking import TrialLogger, connect, start_search_run
+from search.tracking import connect, start_search_run
+from search.trial_logger import TrialLogger
 from search.searcher import make_searcher
 
 BANDS = (50, 200, 500, 1000, 2000)
@@ -126,11 +128,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, uri = mlflow_server(Path(tmp))
         try:
-            report["mlflow_server_s_per_trial"] = mlflow_costs(uri, args.mlflow_trials)
+            median = mlflow_costs(uri, args.mlflow_trials)
+            report.update(mlflow_server_s_per_trial=median, mlflow_server_trials_per_hour=round(3600 / median))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
-        report["mlflow_sqlite_s_per_trial"] = mlflow_costs(f"sqlite:///{Path(tmp) / 'local.db'}", args.mlflow_trials)
+        median = mlflow_costs(f"sqlite:///{Path(tmp) / 'local.db'}", args.mlflow_trials)
+        report.update(mlflow_sqlite_s_per_trial=median, mlflow_sqlite_trials_per_hour=round(3600 / median))
     print(json.dumps(report, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

@@ -8,7 +8,7 @@ backward and optimizer steps, the whole real pipeline. Each mode is warmed up by
 compiled mode compiles in it), then the modes alternate epoch by epoch within each repeat so drift
 hits both; medians; ratio = median(eager) / median(compile).
 
-Run: python benchmarks/bench_epoch.py [--device cuda] [--images 45000] [--repeats 3] [--json OUT]
+Run: python benchmarks/bench_epoch.py [--device cuda] [--images 45000] [--batch_size 128] [--repeats 3] [--json OUT]
      python benchmarks/bench_epoch.py --smoke   (256 images, eager only: it runs, no figures)
 """
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--images", type=int, default=45000)
+    parser.add_argument("--batch_size", type=int, default=128, help="the recipe's is 128")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--modes", nargs="+", choices=("eager", "compile"), default=["eager", "compile"])
     parser.add_argument("--smoke", action="store_true", help="256 images, eager, one repeat: checks that it runs")
@@ -41,7 +42,7 @@ def main() -> None:
     if args.smoke:  # torch.compile alone takes minutes on a CPU
         args.images, args.repeats, args.modes = 256, 1, ["eager"]
     device = resolve_device(args.device)
-    cfg = Config(method="none", recipe="fast", batch_size=128, lr=0.1, cutout=16, epochs=100, device=args.device)
+    cfg = Config(method="none", recipe="fast", batch_size=args.batch_size, lr=0.1, cutout=16, epochs=100, device=args.device)
     recipe, bf16 = resolve_recipe(cfg), use_bf16(cfg, device)
     g = torch.Generator().manual_seed(0)
     data = TensorDataset(torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g),

@@ -1,7 +1,7 @@
 """Export the best configurations of a finished search, as files ``smoothblock train --config`` takes.
 
 The source of truth is MLflow: the child runs of the search, their metrics, tags and their
-``config.yaml`` and ``audit.json`` artifacts. The best audited finalist comes first; each file states
+``smoothblock.config`` tag and ``audit.json`` artifact. The best audited finalist comes first; each file states
 the figure it claims as ``robust_acc`` with the audit beside it (``smoothblock train`` reads past
 both).
 
@@ -36,7 +36,7 @@ from smoothblock.stats import interval_names
 from . import tracking
 from .config import METRIC
 from .ranking import pareto_front, rank
-from .tracking import AUDIT_PREFIX, AUDITED
+from .tracking import AUDIT_PREFIX, AUDITED, CONFIG_TAG
 
 
 #: A post-hoc winner's fine-tune: epochs and the peak learning rate (the recipe's is 0.1).
@@ -88,8 +88,8 @@ def export(name: str, out: str, *, top: int = 1, pareto: bool = False, mlflow_ur
     texts, weights = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i, row in enumerate(chosen, 1):
-            local = client.download_artifacts(row["run_id"], "config.yaml", tmp + f"/{i}")
-            trial = Config.load(local)
+            trial = Config.from_yaml(client.get_run(row["run_id"]).data.tags[CONFIG_TAG],
+                                     source=f"the configuration of run {row['run_id']}")
             head = f"# Exported from search {name}, trial {row['run_name']} (MLflow run {row['run_id']}).\n"
             if posthoc:
                 cfg = trial.replace(init_from=params["model"], defense_at="both", subset=None,

@@ -42,24 +42,23 @@ def _flags(name: str) -> list[str]:
 
 
 def add_field_flags(parser: argparse.ArgumentParser, settings: type[BaseModel], names: typing.Iterable[str],
-                    *, skip: tuple[str, ...] = ()) -> None:
+                    *, show_defaults: bool = False) -> None:
     """``--name`` (and the alias ``--na-me``) for fields of a settings class, typed and described
     by the fields themselves. Every flag defaults to None ("not given"), so :func:`overrides`
-    returns only what the user set and the settings type keeps its own defaults; the help says
-    the field's default when it has one."""
+    returns only what the user set and the rest comes from wherever the command takes it; with
+    ``show_defaults`` (where the type's defaults are what applies) the help says them."""
     for name in names:
-        if name in skip:
-            continue
         info = settings.model_fields[name]
         args = typing.get_args(info.annotation)
         base = next(a for a in args if a is not type(None)) if type(None) in args else info.annotation
         if typing.get_origin(base) is typing.Annotated:
             base = typing.get_args(base)[0]
+        # Elsewhere no "(default: ...)": what a flag left out means is the caller's (the
+        # configuration file, the preset, the checkpoint's value), not the type's default.
         described = (info.description or "").replace("%", "%%")
-        if info.default is not None and not info.is_required() and "default" not in described \
-                and info.default_factory is None:
-            shown = " ".join(map(str, info.default)) if isinstance(info.default, tuple) else info.default
-            described += f" (default: {shown})"
+        if show_defaults and info.default is not None and "default" not in described:
+            described += f" (default: {info.default:g})" if isinstance(info.default, float) \
+                else f" (default: {info.default})"
         if typing.get_origin(base) is tuple:
             item = typing.get_args(base)[0]
             parser.add_argument(*_flags(name), dest=name, type=item, nargs="+", default=None,

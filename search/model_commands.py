@@ -67,7 +67,7 @@ def add_evaluate(sub) -> None:
     ev.add_argument("--json", default=None, help="write the metrics to this JSON file")
     ev.add_argument("--batch_size", "--batch-size", type=int, default=250, help="images per attack batch")
     add_shared(ev, "seed", "device", "cache_dir", "quiet")
-    add_field_flags(ev, AttackSettings, ATTACK_FLAGS)
+    add_field_flags(ev, AttackSettings, ATTACK_FLAGS, show_defaults=True)
     add_field_flags(ev, Config, DEFENSE_FIELDS)
     ev.set_defaults(handler=run_evaluate)
 

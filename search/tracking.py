@@ -8,7 +8,6 @@ logged twice, and runs left RUNNING by a killed driver are closed when the searc
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 import time
@@ -18,12 +17,11 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
 from mlflow.exceptions import MlflowException
-from ray import tune
 
 from smoothblock import Config
 from smoothblock.errors import ConfigError
 from smoothblock.version import commit
-from trainables.params import config_params, trial_config
+from trainables.params import config_params
 from trainables.recorded import Recorded
 
 # The store's functions, under the names the rest of the search uses (tracking.connect, ...).
@@ -37,6 +35,7 @@ AUDITED = "audited_robust_acc"       # the audited worst case, which replaces th
 STOPPED_TAG = "smoothblock.stopped_early"  # the scheduler stopped the trial before its last report
 STOPPED_METRIC = "stopped_early"           # the same, in a recorded trial's report on resume
 SAMPLED_TAG = "smoothblock.sampled"  # the values Optuna proposed for the trial (a starting point again)
+CONFIG_TAG = "smoothblock.config"    # the trial's whole configuration, as YAML (what export writes from)
 #: Result keys Tune adds to every report: bookkeeping, not measurements (time_total_s is kept).
 TUNE_KEYS = {"timestamp", "training_iteration", "time_this_iter_s", "pid", "time_since_restore",
              "iterations_since_restore", "done", "date", "hostname", "node_ip", "trial_id", "experiment_tag",
@@ -156,129 +155,6 @@ def search_yaml(client: MlflowClient, parent_id: str) -> str:
                               "before it started; launch it again under another --name") from None
 
 
-class TrialLogger(tune.Callback):
-    """Tune callback: each trial's child run, its params, per-report metrics, status and artifacts."""
-
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_id: str, base: Config,
-                 max_iterations: int | None = None, tags: dict[str, str] | None = None) -> None:
-        """On resume, a new trial whose configuration equals that of a run FINISHED after Ray's
-        last saved state takes that run over (trials are seeded: the trial reports that run's
-        result instead of running, see ``trainables.recorded.Recorded``)."""
-        self.tracking_uri = tracking_uri
-        self.experiment_id = experiment_id
-        self.parent_id = parent_id
-        self.base = base
-        self.max_iterations = max_iterations  # reports of a trial that runs to the end
-        self.tags = dict(tags or {})  # on every child run (search_tags)
-        self._client: MlflowClient | None = None
-        self._runs: dict[str, str] = {}
-        self._done: set[str] = set()  # runs FINISHED before this driver: nothing more is logged to them
-        # Last step each run holds: a trial restarted from an older checkpoint than MLflow saw (the
-        # driver died between the two) or from scratch (a retry) reports those steps again; each
-        # step is logged once, with its first values (seeded trials repeat them anyway).
-        self._logged: dict[str, int] = {}
-        # Runs a previous driver finished and Ray lost: read once, since every trial this driver
-        # finishes is one Ray knows.
-        self._lost: list | None = None
-
-    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
-        return {**self.__dict__, "tracking_uri": redact(self.tracking_uri), "_client": None, "_runs": {},
-                "_done": set(), "_logged": {}, "_lost": None}
-
-    @property
-    def client(self) -> MlflowClient:
-        if self._client is None:
-            self._client = MlflowClient(tracking_uri=_FULL_URIS.get(self.tracking_uri, self.tracking_uri))
-        return self._client
-
-    def run_id(self, trial, trials=None) -> str:
-        """The trial's child run: cached, else found by tag (resume, retry), else adopted (see
-        ``__init__``; ``trials``: all the search's trials), else created."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{PARENT_TAG}` = '{self.parent_id}' and tags.`{TRIAL_TAG}` = '{trial.trial_id}'",
-            max_results=1)
-        cfg = trial_config(self.base, trial.config)
-        if not found and trials is not None:
-            if self._lost is None:
-                self._lost = lost_runs(self.client, self.experiment_id, self.parent_id, trials)
-            params = config_params(cfg)
-            found = [run for run in self._lost if run.data.params == params][:1]
-            if found:
-                self._lost.remove(found[0])
-                self.client.set_tag(found[0].info.run_id, "ray.trial_id_before_resume", found[0].data.tags[TRIAL_TAG])
-                self.client.set_tag(found[0].info.run_id, TRIAL_TAG, trial.trial_id)
-        if found:
-            run_id = found[0].info.run_id
-            if found[0].info.status == "FINISHED":
-                self._done.add(run_id)
-            else:
-                if found[0].info.status != "RUNNING":
-                    self.client.update_run(run_id, status="RUNNING")
-                self._logged[run_id] = last_step(self.client, run_id)
-        else:
-            run = self.client.create_run(self.experiment_id, run_name=run_label(cfg),
-                                         tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
-                                               ROLE_TAG: "trial", SAMPLED_TAG: json.dumps(trial.config, sort_keys=True),
-                                               **getattr(self, "tags", {})})
-            run_id = run.info.run_id
-            log_params(self.client, run_id, config_params(cfg))
-            self.client.log_text(run_id, cfg.to_yaml(), "config.yaml")
-        self._runs[trial.trial_id] = run_id
-        return run_id
-
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self.run_id(trial, trials)
-
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        run_id = self.run_id(trial, trials)
-        step = int(result.get("training_iteration", 0))
-        if run_id in self._done or step <= self._logged.get(run_id, 0):
-            return
-        now = int(result.get("timestamp", 0) * 1000) or None
-        metrics = [Metric(k, float(v), now or 0, step) for k, v in result.items()
-                   if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-                   and math.isfinite(v)]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
-        self._logged[run_id] = step
-
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self.run_id(trial, trials)
-        if run_id in self._done:
-            return
-        reached = int((trial.last_result or {}).get("training_iteration", 0))
-        if self.max_iterations and reached < self.max_iterations:
-            # ASHA stopped it; its figures rest on fewer images (posthoc) or epochs (train).
-            self.client.set_tag(run_id, STOPPED_TAG, f"after {reached} of {self.max_iterations} reports")
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                self.client.log_artifacts(run_id, folder, "checkpoint")
-        self.client.set_terminated(run_id, status="FINISHED")
-
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, "retries", str(trial.run_metadata.num_failures))
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        run_id = self.run_id(trial)
-        error = trial_error(trial)
-        self.client.log_text(run_id, str(error), "error.txt")
-        last = [line for line in str(error).strip().splitlines() if line.strip()]
-        self.client.set_tag(run_id, "error", (last[-1] if last else "error")[:5000])
-        self.client.set_terminated(run_id, status="FAILED")
-
-    def on_experiment_end(self, trials, **info):
-        for run in lost_runs(self.client, self.experiment_id, self.parent_id, trials):
-            self.client.set_tag(run.info.run_id, "smoothblock.lost", "finished after Ray's last saved state; "
-                                "the resumed search ran another trial in its place")
-            self.client.set_terminated(run.info.run_id, status="KILLED")
-        close_interrupted(self.client, self.experiment_id, self.parent_id)
-
-
 def trial_run(client: MlflowClient, experiment_id: str, parent_id: str, trial_id: str):
     """The child run of Ray trial ``trial_id``, or None."""
     runs = client.search_runs([experiment_id], max_results=1,
@@ -315,12 +191,13 @@ def last_step(client: MlflowClient, run_id: str) -> int:
     return max((m.step for m in client.get_metric_history(run_id, "time_total_s")), default=0)
 
 
-def lost_runs(client: MlflowClient, experiment_id: str, parent_id: str, trials) -> list:
+def lost_runs(client: MlflowClient, experiment_id: str, parent_id: str, trials, runs: list | None = None) -> list:
     """FINISHED trial runs whose trial Ray does not know: the driver died after the trial ended
-    and before Ray saved its experiment state (every ~10 s)."""
+    and before Ray saved its experiment state (every ~10 s). ``runs``: the search's child runs,
+    when already read."""
     known = {t.trial_id for t in trials}
-    return [run for run in child_runs(client, experiment_id, parent_id)
-            if run.info.status == "FINISHED" and run.data.tags.get(TRIAL_TAG) not in known]
+    runs = child_runs(client, experiment_id, parent_id) if runs is None else runs
+    return [run for run in runs if run.info.status == "FINISHED" and run.data.tags.get(TRIAL_TAG) not in known]
 
 
 def recorded_results(client: MlflowClient, experiment_id: str, parent_id: str) -> Recorded:
@@ -355,4 +232,4 @@ def close_interrupted(client: MlflowClient, experiment_id: str, parent_id: str) 
     return count
 
 
-__all__ = ["MlflowException", "RunStatus", "TrialLogger", "close_interrupted", "connect", "resolve_tracking_uri"]
+__all__ = ["MlflowException", "RunStatus", "close_interrupted", "connect", "resolve_tracking_uri"]

@@ -31,6 +31,7 @@ from .config import SearchConfig
 from .ranking import rank
 from .outcome import BASELINE_PREFIX, Outcome, summarize, trial_rows
 from .tracking import AUDIT_PREFIX, AUDITED
+from .trial_logger import TrialLogger
 from .storage import Storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
@@ -280,7 +281,7 @@ def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, e
             name=search.name, storage_path=store.uri, verbose=1 if verbose else 0,
             failure_config=tune.FailureConfig(max_failures=search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-            callbacks=[tracking.TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search),
+            callbacks=[TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search),
                                             tracking.search_tags(search)),
                        *([] if verbose else [TrialLines(assets.base, search.trials, search.metric,
                                                         max_iterations(search))]), *callbacks]))

@@ -67,3 +67,18 @@ def test_the_bf16_attack_benchmark_runs(small_folder, tmp_path):
     report = run_benchmark("bench_attack_bf16.py", "--smoke", "--data", str(small_folder),
                            env={"SMOOTHBLOCK_CACHE": str(tmp_path)})
     assert {r["mode"] for r in report["rows"]} == {"float32", "bf16"} and report["images"] == 8
+
+
+def test_the_gpu_check_runs_its_cpu_fallback_and_writes_one_json(small_folder, ray_home, tmp_path):
+    # The script a GPU session runs unchanged; without a GPU it takes the same steps, tiny. It
+    # starts a real search (Ray), so it is in the full lane.
+    out = tmp_path / "gpu-check.json"
+    env = {**os.environ, "SMOOTHBLOCK_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "2",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", str(small_folder), str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and "pass" not in report  # a CPU run is a check of the script, not a figure
+    assert report["posthoc"]["trials"] == 2 and report["posthoc"]["trials_per_hour"] > 0
+    assert {"train_batch_128", "train_batch_1024"} <= set(report)

@@ -12,6 +12,7 @@ from ray import tune
 from ray.tune.experiment import Trial
 
 from search import tracking
+from search.trial_logger import TrialLogger
 from search.cli import main
 from search.ranking import pareto_front
 from smoothblock import Config
@@ -89,8 +90,7 @@ def test_posthoc_search_logs_every_trial_and_exports_a_trainable_config(tmp_path
         assert metrics["robust_gain_low"] <= metrics["robust_gain"] <= metrics["robust_gain_high"]
         assert metrics["clean_cost_low"] <= metrics["clean_cost"] <= metrics["clean_cost_high"]
         assert metrics["identity"] == 0.0  # positions 1-2, keep prob <= 0.9: every defense changes outputs
-        artifact = client.download_artifacts(child.info.run_id, "config.yaml", str(tmp_path / child.info.run_id))
-        cfg = Config.load(artifact)
+        cfg = Config.from_yaml(child.data.tags[tracking.CONFIG_TAG])
         assert cfg.keep_prob == float(params["keep_prob"]) and cfg.data == str(image_folder)
         # Named by its defense for the compare view, tagged with the search and the code.
         assert child.info.run_name == f"{cfg.method} p{cfg.positions[0]} b{cfg.block_size} k{cfg.keep_prob:.2f} x{cfg.ensemble}"
@@ -267,13 +267,41 @@ def test_a_search_killed_after_rays_first_file_and_before_its_first_state_resume
         assert after[run.info.run_id].info.end_time == run.info.end_time
 
 
-def test_a_step_reported_again_is_logged_once(mlflow_server):
+def test_a_fast_trial_costs_the_driver_three_requests_and_its_run_holds_every_report(mlflow_server):
+    client = MlflowClient(mlflow_server)
+    experiment_id, parent_id = tracking.start_search_run(client, "three-requests", "trainable: posthoc\n", {})
+    logger = TrialLogger(mlflow_server, experiment_id, parent_id, Config())
+    calls = []
+    for name in ("search_runs", "create_run", "log_batch", "set_terminated", "set_tag", "log_text", "get_metric_history"):
+        method = getattr(logger.client, name)
+        setattr(logger.client, name, lambda *a, _m=method, _n=name, **k: calls.append(_n) or _m(*a, **k))
+    for i in range(2):
+        trial = Trial("posthoc_trial", config={"keep_prob": 0.7 + i / 10}, trial_id=f"fast{i:04d}", stub=True)
+        logger.on_trial_start(0, [trial], trial)
+        for step in (1, 2, 3):
+            result = {"training_iteration": step, "time_total_s": 0.1 * step, "robust_acc": 0.1 * step}
+            logger.on_trial_result(0, [trial], trial, result)
+        logger.on_trial_complete(0, [trial], trial)
+    # The search's earlier runs are read once; then each trial: its run, one write, its end.
+    assert calls == ["search_runs", "create_run", "log_batch", "set_terminated", "create_run", "log_batch",
+                     "set_terminated"]
+    run = tracking.trial_run(client, experiment_id, parent_id, "fast0000")
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "robust_acc")]
+    assert sorted(history) == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))] and run.info.status == "FINISHED"
+    assert run.data.params["keep_prob"] == "0.7" and Config.from_yaml(run.data.tags[tracking.CONFIG_TAG]).keep_prob == 0.7
+
+
+def test_a_step_reported_again_is_logged_once(mlflow_server, monkeypatch):
     """A trial restarted from an older checkpoint than MLflow saw (the driver died between the two),
     or from scratch by a retry, reports its first steps again: each step keeps one value."""
+    import search.trial_logger
+
+    # Training epochs come more than FLUSH_SECONDS apart: each report is written when it comes.
+    monkeypatch.setattr(search.trial_logger, "FLUSH_SECONDS", 0.0)
     client = MlflowClient(mlflow_server)
     experiment_id, parent_id = tracking.start_search_run(client, "steps-once", "trainable: train\n", {})
     trial = Trial("training_trial", config={"keep_prob": 0.7}, trial_id="steps0001", stub=True)
-    before = tracking.TrialLogger(mlflow_server, experiment_id, parent_id, Config())
+    before = TrialLogger(mlflow_server, experiment_id, parent_id, Config())
     before.on_trial_start(0, [trial], trial)
     before.on_trial_result(0, [trial], trial, {"training_iteration": 1, "time_total_s": 1.0, "train_loss": 2.0})
     before.on_trial_result(0, [trial], trial, {"training_iteration": 2, "time_total_s": 2.0, "train_loss": 1.5})
