@@ -100,6 +100,8 @@ class TrialLogger(tune.Callback):
                 if found.info.status != "RUNNING":
                     self.client.update_run(run_id, status="RUNNING")
                 self._logged[run_id] = last_step(self.client, run_id)
+                if not found.data.params:  # its driver died before the first write
+                    self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
         else:
             run = self.client.create_run(self.experiment_id, run_name=run_label(cfg),
                                          tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
@@ -130,10 +132,14 @@ class TrialLogger(tune.Callback):
         self._written[run_id] = time.monotonic()
         while params or metrics:
             # At most 100 params and 1,000 items in all per batch.
-            batch_params, params = params[:100], params[100:]
-            room = 1000 - len(batch_params)
-            batch_metrics, metrics = metrics[:room], metrics[room:]
-            self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
+            batch_params, batch_metrics = params[:100], metrics[:1000 - len(params[:100])]
+            try:
+                self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
+            except Exception:
+                # Kept for the next write (a later report, the trial's end), not lost with the request.
+                self._params[run_id], self._metrics[run_id] = params, metrics
+                raise
+            params, metrics = params[len(batch_params):], metrics[len(batch_metrics):]
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_id(trial, trials)
@@ -181,7 +187,7 @@ class TrialLogger(tune.Callback):
         self.client.set_terminated(run_id, status="FAILED")
 
     def on_experiment_end(self, trials, **info):
-        for run_id in list(self._metrics):  # trials still running when the search stopped
+        for run_id in set(self._params) | set(self._metrics):  # trials still running when the search stopped
             self._write(run_id)
         for run in lost_runs(self.client, self.experiment_id, self.parent_id, trials):
             self.client.set_tag(run.info.run_id, "smoothblock.lost", "finished after Ray's last saved state; "

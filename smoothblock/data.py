@@ -213,18 +213,20 @@ def load_splits(data: str, *, val_size: int = 5000, split_seed: int = 0, subset:
     the first that many of the validation split. With ``subset=0`` (a post-hoc search) a folder's
     only decoded images are those validation images: none of the training images proper.
     """
-    n = split_size(data, "train", cache_dir)
+    # CIFAR-10's download is read whole anyway; a folder is only listed here.
+    full_train = load_dataset(data, "train", cache_dir) if data == "cifar10" else None
+    n = len(full_train[0]) if full_train is not None else split_size(data, "train", cache_dir)
     train_idx, val_idx = split_indices(n, val_size, split_seed)
     val_idx = val_idx[:val_images]
     if subset is not None:
         shuffled = train_idx[torch.randperm(len(train_idx), generator=torch.Generator().manual_seed(split_seed + 1))]
         train_idx = shuffled[:subset].sort().values
-    if len(train_idx) == 0 and len(val_idx) > 0:
+    if full_train is None and len(train_idx) == 0 and len(val_idx) > 0:
         val, classes = load_dataset(data, "train", cache_dir, positions=val_idx)
         train = _empty_like(val)
     else:
-        full_train, classes = load_dataset(data, "train", cache_dir)
-        train, val = full_train.take(train_idx), full_train.take(val_idx)
+        images, classes = full_train or load_dataset(data, "train", cache_dir)
+        train, val = images.take(train_idx), images.take(val_idx)
     # New empty tensors, not a [:0] view: a view keeps (and pickles, when a search ships its
     # assets to every worker) the whole training set's storage.
     test = load_dataset(data, "test", cache_dir)[0] if need_test else _empty_like(val)

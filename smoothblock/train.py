@@ -22,14 +22,13 @@ import torchattacks
 from torch import nn
 from tqdm import tqdm
 
-from .attacks import AttackSettings, get_attack
+from .attacks import AttackSettings, get_attack, metric_name
 from .checkpoint import load_checkpoint, load_state_into, load_training_state, save_training_state, save_weights
 from .config import Config, RunSpec
 from .data import Splits, augment, iterate_batches, load_splits
 from .defended import build_model
 from .device import resolve_device, use_bf16
 from .errors import CheckpointError, ConfigError
-from .evaluation import evaluate
 from .hub import network_from_state, resolve
 from .recipes import Recipe, resolve_recipe
 
@@ -143,12 +142,21 @@ def pgd_accuracy(model: nn.Module, dataset, device: torch.device, eps: float, im
     """Accuracy of ``model`` (eval mode, one pass) under PGD-7 (alpha 2/255, random start) at ``eps`` on
     the first ``images`` of a TensorDataset: adversarial training's per-epoch check for catastrophic
     overfitting (Wong et al. 2020), where FGSM accuracy holds and PGD accuracy collapses to ~0."""
-    if min(images, len(dataset)) == 0:
+    model.eval()
+    subset = dataset.take(slice(0, images))
+    if len(subset) == 0:
         return float("nan")
     # The registry's PGD (L-inf, alpha 2/255, 7 steps, random start), eps given in 1/255 there.
     settings = AttackSettings(eps=eps * 255, pgd_steps=7, pgd_alpha=2 / 255)
-    return evaluate(model, dataset, attacks=("pgd",), images=images, batch_size=batch_size, settings=settings,
-                    seed=0, device=device, progress=False)["pgd_acc"]
+    attack = get_attack("pgd").build(model, settings, 0, 0)[metric_name("pgd")]
+    correct = 0
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(0)
+        for images_, labels in iterate_batches(subset, batch_size, device=device):
+            adv = attack(images_, labels)
+            with torch.no_grad():
+                correct += int((model(adv).argmax(1) == labels).sum())
+    return correct / len(subset)
 
 
 @torch.no_grad()

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from ray import tune
 from ray.tune.experiment import Trial
 
@@ -289,6 +290,34 @@ def test_a_fast_trial_costs_the_driver_three_requests_and_its_run_holds_every_re
     history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "robust_acc")]
     assert sorted(history) == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))] and run.info.status == "FINISHED"
     assert run.data.params["keep_prob"] == "0.7" and Config.from_yaml(run.data.tags[tracking.CONFIG_TAG]).keep_prob == 0.7
+
+
+def test_a_failed_write_keeps_its_params_and_reports_for_the_next(mlflow_server, monkeypatch):
+    import search.trial_logger
+
+    monkeypatch.setattr(search.trial_logger, "FLUSH_SECONDS", 0.0)  # every report is written as it comes
+    client = MlflowClient(mlflow_server)
+    experiment_id, parent_id = tracking.start_search_run(client, "write-fails", "trainable: train\n", {})
+    trial = Trial("training_trial", config={"keep_prob": 0.7}, trial_id="fails0001", stub=True)
+    logger = TrialLogger(mlflow_server, experiment_id, parent_id, Config())
+    logger.on_trial_start(0, [trial], trial)
+    real, failures = logger.client.log_batch, []
+
+    def once(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise MlflowException("the tracking server is away")
+        return real(*args, **kwargs)
+
+    logger.client.log_batch = once
+    with pytest.raises(MlflowException):
+        logger.on_trial_result(0, [trial], trial, {"training_iteration": 1, "time_total_s": 1.0, "train_loss": 2.0})
+    logger.on_trial_result(0, [trial], trial, {"training_iteration": 2, "time_total_s": 2.0, "train_loss": 1.5})
+    logger.on_trial_complete(0, [trial], trial)
+    run = tracking.trial_run(client, experiment_id, parent_id, "fails0001")
+    history = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(history) == [(1, 2.0), (2, 1.5)] and run.data.params["keep_prob"] == "0.7"
+    assert run.info.status == "FINISHED"
 
 
 def test_a_step_reported_again_is_logged_once(mlflow_server, monkeypatch):
