@@ -56,8 +56,6 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
     limits = {e.name: (getattr(settings, e.limit) if e.limit else len(subset)) for e in entries}
     robust_limit = min([len(subset), *limits.values()])
     model = model.to(device).eval()
-    tally = _Tally()
-    per_image: dict[str, list[torch.Tensor]] = {"clean": [], "robust": []}
     run = _Run(model, precomputed, cascade, num_classes, torch.Generator().manual_seed(seed), device)
     devices = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -67,30 +65,11 @@ def evaluate(model: nn.Module, dataset: TensorDataset, *, attacks: tuple[str, ..
         batches = iterate_batches(subset, batch_size, device=device)
         total = -(-len(subset) // batch_size)
         for images, labels in tqdm(batches, total=total, desc="evaluate", disable=not progress, leave=False):
-            clean = predict(model, images) == labels
-            tally.count("clean_acc", clean)
-            robust = clean.clone()
-            # Per eps, the images every per-eps attack (FGSM, its transfer and EOT forms) left.
-            eps_robust = {e: clean.clone() for e in settings.fgsm_eps} if any(e.per_eps for e in entries) else {}
-            for entry in entries:
-                rows = torch.arange(len(labels), device=labels.device)[: max(0, limits[entry.name] - seen)]
-                if len(rows):
-                    run.attack(entry, crafters[entry.name], images, labels, rows, seen, robust, eps_robust, tally)
-            tally.count("robust_acc", robust[: max(0, robust_limit - seen)])
-            per_image["clean"].append(clean.cpu())
-            per_image["robust"].append(robust[: max(0, robust_limit - seen)].cpu())
-            for e, left in eps_robust.items():
-                tally.count(worst_fgsm_metric(e), left)
+            run.batch(entries, crafters, images, labels, seen, limits, robust_limit, settings.fgsm_eps)
             seen += len(labels)
-    metrics = tally.metrics()
-    metrics["images"] = len(subset)
-    metrics["robust_images"] = tally.counted.get("robust_acc", 0)
-    for entry in entries:
-        if entry.limit:
-            metrics[entry.limit] = min(limits[entry.name], len(subset))
     if outcomes is not None:
-        outcomes.update({k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in per_image.items()})
-    return metrics
+        outcomes.update({k: torch.cat(v) if v else torch.zeros(0, dtype=torch.bool) for k, v in run.per_image.items()})
+    return run.metrics(len(subset), entries, limits)
 
 
 def _entries(attacks: tuple[str, ...], settings: AttackSettings) -> list[Attack]:
@@ -118,12 +97,45 @@ class _Tally:
 
 
 class _Run:
-    """One evaluation's attack step: an attack's crafters on one batch's rows, scored by one fresh pass."""
+    """One evaluation's running state: the counts, the per-image outcomes, and how a batch and an
+    attack on it are scored (by one fresh pass of the model each)."""
 
     def __init__(self, model: nn.Module, precomputed: dict[str, torch.Tensor], cascade: bool, num_classes: int,
                  target_gen: torch.Generator, device: str | torch.device) -> None:
         self.model, self.precomputed, self.cascade = model, precomputed, cascade
         self.num_classes, self.target_gen, self.device = num_classes, target_gen, device
+        self.tally = _Tally()
+        self.per_image: dict[str, list[torch.Tensor]] = {"clean": [], "robust": []}
+
+    def metrics(self, images: int, entries: list[Attack], limits: dict[str, int]) -> dict[str, float]:
+        """The fractions, and the image counts behind them (``images``, ``robust_images`` and each
+        limited attack's)."""
+        metrics = self.tally.metrics()
+        metrics.update(images=images, robust_images=self.tally.counted.get("robust_acc", 0))
+        metrics.update({e.limit: min(limits[e.name], images) for e in entries if e.limit})
+        return metrics
+
+    def batch(self, entries: list[Attack], crafters: dict[str, dict[str, Crafter]], images: torch.Tensor,
+              labels: torch.Tensor, seen: int, limits: dict[str, int], robust_limit: int,
+              fgsm_eps: tuple[float, ...]) -> None:
+        """Score one batch, (N, C, H, W) and (N,), whose first image is image ``seen`` of the
+        evaluation: clean, every attack within its limit, the per-image worst cases."""
+        tally = self.tally
+        clean = predict(self.model, images) == labels
+        tally.count("clean_acc", clean)
+        robust = clean.clone()
+        # Per eps, the images every per-eps attack (FGSM, its transfer and EOT forms) left.
+        eps_robust = {e: clean.clone() for e in fgsm_eps} if any(e.per_eps for e in entries) else {}
+        for entry in entries:
+            rows = torch.arange(len(labels), device=labels.device)[: max(0, limits[entry.name] - seen)]
+            if len(rows):
+                self.attack(entry, crafters[entry.name], images, labels, rows, seen, robust, eps_robust, tally)
+        counted = robust[: max(0, robust_limit - seen)]
+        tally.count("robust_acc", counted)
+        self.per_image["clean"].append(clean.cpu())
+        self.per_image["robust"].append(counted.cpu())
+        for e, left in eps_robust.items():
+            tally.count(worst_fgsm_metric(e), left)
 
     def attack(self, entry: Attack, crafters: dict[str, Crafter], images: torch.Tensor, labels: torch.Tensor,
                rows: torch.Tensor, seen: int, robust: torch.Tensor, eps_robust: dict[int, torch.Tensor],

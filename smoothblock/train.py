@@ -196,6 +196,30 @@ def _resumed_state(cfg: Config, state_path: Path) -> dict[str, Any]:
     return state
 
 
+def _training_data(cfg: Config, splits: Splits | None, device: torch.device) -> Splits:
+    if splits is None:
+        splits = load_splits(cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed, subset=cfg.subset,
+                             cache_dir=cfg.cache_dir, need_test=False)
+    if device.type == "cuda":
+        # Batches are then cut on the GPU, with no copy from the host each step.
+        splits = replace(splits, train=splits.train.to(device), val=splits.val.to(device))
+    return splits
+
+
+def _start(model: nn.Module, optimizer: torch.optim.Optimizer, cfg: Config, state: dict[str, Any] | None,
+           init_state: dict[str, torch.Tensor] | None, out: Path) -> list[dict[str, float]]:
+    """Load the starting weights (and, resuming, the optimizer); the history so far (its length
+    is the epoch to go on from)."""
+    if state is None:
+        if init_state is not None:
+            load_state_into(model, init_state, cfg, "init_state")
+        return []
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    log.info("resuming %s at epoch %d", out, int(state["epoch"]) + 1)
+    return list(state["history"])
+
+
 def _validate(model: nn.Module, splits: Splits, cfg: Config, device: torch.device, bf16: bool,
               history: list[dict[str, float]], out: Path) -> dict[str, float]:
     """The epoch's validation metrics; an adversarial run also keeps its most robust epoch."""
@@ -247,27 +271,14 @@ def train(cfg: Config, *, resume: bool = False, splits: Splits | None = None,
     bf16 = use_bf16(cfg, device)
     if init_state is None and state is None and cfg.init_from is not None:
         init_state = initial_weights(cfg)
-    if splits is None:
-        splits = load_splits(cfg.data, val_size=cfg.val_size, split_seed=cfg.split_seed, subset=cfg.subset,
-                             cache_dir=cfg.cache_dir, need_test=False)
-    if device.type == "cuda":
-        # Batches are then cut on the GPU, with no copy from the host each step.
-        splits = replace(splits, train=splits.train.to(device), val=splits.val.to(device))
+    splits = _training_data(cfg, splits, device)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg).to(device).to(memory_format=torch.channels_last)
     optimizer = recipe.optimizer(model)
     # Shares the parameters with ``model``: checkpoints and evaluation use the eager module.
     step_model = torch.compile(model) if cfg.compile else model
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    if init_state is not None and state is None:
-        load_state_into(model, init_state, cfg, "init_state")
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        history = list(state["history"])
-        start_epoch = int(state["epoch"])
-        log.info("resuming %s at epoch %d", out, start_epoch + 1)
+    history = _start(model, optimizer, cfg, state, init_state, out)
+    start_epoch = len(history)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / "config.yaml")
     for epoch in range(start_epoch, recipe.epochs):
