@@ -111,9 +111,7 @@ def _image_folder(folder: Path, split: str, cache_dir: str | None,
     """The folder's ``split`` in the fixed order of :func:`load_dataset`; with ``positions``,
     only the images at those places of that order are decoded (or read from the whole split's
     cache when it exists), each subset cached under its own key."""
-    if folder.is_dir() and not (folder / split).is_dir():
-        raise DataError(f"data folder {folder} holds no {split}/ subfolder (an ImageFolder copy needs train/ and test/)")
-    files, labels, classes = _list_folder(folder / split)
+    files, labels, classes = _list_split(folder, split)
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(FOLDER_ORDER_SEED))
     # The key changes whenever the folder's list of files does, so a stale cache is never read.
     key = hashlib.sha256("\n".join(map(str, [folder.resolve(), split, *files])).encode()).hexdigest()[:16]
@@ -143,6 +141,13 @@ def _image_folder(folder: Path, split: str, cache_dir: str | None,
     else:
         _write_cache(cache_file, dataset)
     return dataset, classes
+
+
+def _list_split(folder: Path, split: str) -> tuple[list[Path], list[int], tuple[str, ...]]:
+    """The files, labels and classes of ``folder/split``; DataError when the folder has no such split."""
+    if folder.is_dir() and not (folder / split).is_dir():
+        raise DataError(f"data folder {folder} holds no {split}/ subfolder (an ImageFolder copy needs train/ and test/)")
+    return _list_folder(folder / split)
 
 
 def _read_cache(path: Path, expected: int) -> TensorDataset | None:
@@ -186,16 +191,6 @@ def load_dataset(data: str, split: str, cache_dir: str | None = None,
     return _image_folder(Path(data).expanduser(), split, cache_dir, positions)
 
 
-def split_size(data: str, split: str, cache_dir: str | None = None) -> int:
-    """How many images ``split`` of ``data`` holds, without decoding a folder's images."""
-    if data == "cifar10":
-        return len(_torchvision_cifar10(split, cache_dir)[0])
-    folder = Path(data).expanduser()
-    if folder.is_dir() and not (folder / split).is_dir():
-        raise DataError(f"data folder {folder} holds no {split}/ subfolder (an ImageFolder copy needs train/ and test/)")
-    return len(_list_folder(folder / split)[0])
-
-
 def split_indices(n: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded (train, val) index split of ``n`` training images; val has ``val_size`` images."""
     if val_size >= n:
@@ -213,9 +208,10 @@ def load_splits(data: str, *, val_size: int = 5000, split_seed: int = 0, subset:
     the first that many of the validation split. With ``subset=0`` (a post-hoc search) a folder's
     only decoded images are those validation images: none of the training images proper.
     """
-    # CIFAR-10's download is read whole anyway; a folder is only listed here.
+    # CIFAR-10's download is read whole anyway.
     full_train = load_dataset(data, "train", cache_dir) if data == "cifar10" else None
-    n = len(full_train[0]) if full_train is not None else split_size(data, "train", cache_dir)
+    # A folder is listed, not decoded, to count its training images.
+    n = len(full_train[0]) if full_train is not None else len(_list_split(Path(data).expanduser(), "train")[0])
     train_idx, val_idx = split_indices(n, val_size, split_seed)
     val_idx = val_idx[:val_images]
     if subset is not None:
