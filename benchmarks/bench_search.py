@@ -10,9 +10,9 @@ Protocol, in one run on a quiet machine:
    the loop would not do), ``workers`` trials at a time with ``cpus_per_trial`` 1.
 2. Search arm: ``search.tuner.launch`` on a local Ray, MLflow in a fresh sqlite store, timed from
    the call to its return (Ray's start, the undefended baseline, the plots included).
-3. Loop arm: the same assets (``trainables.load_assets``), then the baseline and the N
-   evaluations (``trainables.posthoc.score``) in a pool of ``workers`` processes, one torch
-   thread each: what the search runs, with nothing around it.
+3. Loop arm (``benchmarks/bare_loop.py``): the same assets (``trainables.load_assets``), then the
+   baseline and the N evaluations (``trainables.posthoc.score``) in a pool of ``workers``
+   processes, one torch thread each: what the search runs, with nothing around it.
 4. Both arms for N = 8 and N = 32, each arm once, loop first, both from the same filled cache
    (decoded images, transfer examples: loaded once, untimed, before them). ``overhead`` = search / loop;
    the line through the two N gives the start-up (intercept) and per-trial (slope) costs of each.
@@ -21,28 +21,40 @@ Protocol, in one run on a quiet machine:
 6. Start-up: seconds from ``launch`` to the first trial's first result, with an empty data cache
    (``cold``: decoding the JPEG folder, crafting the transfer examples) and again with it filled
    (``warm``); ``ratio`` = warm / cold.
+7. End to end (``--end_to_end N``): what a user waits for, process start to exit.
+   ``smoothblock search --preset posthoc --config FILE`` (the N points pinned, as above) against
+   ``python benchmarks/bare_loop.py --config FILE``, each arm in a folder of its own with an empty
+   cache (cold), then again in the same folder, cache filled (warm: a second search beside the
+   first one's MLflow store); loop cold, loop warm, search cold, search warm, ``--repeats`` times;
+   the median of each and ``ratio`` = search / loop.
 
 Run: python benchmarks/bench_search.py --data DIR [--trials 8 32] [--workers 2] [--no_startup] [--json OUT]
+     python benchmarks/bench_search.py --data DIR --no_arms --end_to_end 8 [--repeats 3]   (end to end only)
      python benchmarks/bench_search.py --smoke --data DIR   (2 trials on 8 images: it runs, no figures)
 """
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as futures
 import json
-import multiprocessing
 import os
 import platform
 import random
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+import yaml
+
 from search.config import SearchConfig, compose  # first: it sets Ray's authentication mode
 from search.tuner import launch
 from trainables import load_assets
 
+import bare_loop  # noqa: E402, I001 - beside this file
+import mlflow  # noqa: E402, I001
 from ray import tune  # noqa: E402, I001
 
 MB = 2**20
@@ -132,7 +144,7 @@ def search_arm(search: SearchConfig, root: Path) -> dict:
     if len(done) != search.trials:
         raise SystemExit(f"bench_search: {search.trials - len(done)} of {search.trials} trials failed")
     return {"seconds": round(seconds, 2), "first_result_s": round(first.at - started, 2),
-            "peak_worker_rss_mb": round(memory.peak / MB), "robust_acc": {_key(r): r["robust_acc"] for r in done}}
+            "peak_worker_rss_mb": round(memory.peak / MB), "robust_acc": {bare_loop.key(r): r["robust_acc"] for r in done}}
 
 
 def startup(search: SearchConfig, root: Path) -> dict:
@@ -142,48 +154,67 @@ def startup(search: SearchConfig, root: Path) -> dict:
     return {"cold_first_result_s": cold, "warm_first_result_s": warm, "ratio": round(warm / cold, 3)}
 
 
-_ASSETS = None
-
-
-def _init_worker(assets, threads: int) -> None:
-    global _ASSETS
-    import torch
-
-    torch.set_num_threads(threads)
-    _ASSETS = assets
-
-
-def _score(search: SearchConfig, point: dict | None) -> tuple[str, dict]:
-    from trainables.params import trial_config
-    from trainables.posthoc import score
-
-    cfg = _ASSETS.base.replace(method="none") if point is None else trial_config(_ASSETS.base, point)
-    return ("baseline" if point is None else _key(point)), score(cfg, search, _ASSETS)
-
-
 def loop_arm(search: SearchConfig) -> dict:
     children = set()
     with PeakMemory(lambda pid, cmdline: pid in children) as memory:
         started = time.perf_counter()
-        assets = load_assets("posthoc", search.base, search.model, search.audit_images, search.attacks,
-                             search.attack_settings(), search.search_seed)
-        workers = search.max_concurrent_trials
-        with futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_init_worker,
-                                         initargs=(assets, max(1, int(search.cpus_per_trial)))) as pool:
-            jobs = [pool.submit(_score, search, None), *(pool.submit(_score, search, p) for p in search.points_to_evaluate)]
-            children.update(p.pid for p in pool._processes.values())
-            results = dict(job.result() for job in jobs)
+        results = bare_loop.run(search, on_start=children.update)
         seconds = time.perf_counter() - started
     results.pop("baseline")
     return {"seconds": round(seconds, 2), "peak_worker_rss_mb": round(memory.peak / MB),
             "robust_acc": {k: v["robust_acc"] for k, v in results.items()}}
 
 
-def _key(row: dict) -> str:
-    """A point's identity in both arms: its searched values."""
-    names = ("method", "positions", "block_size", "keep_prob", "gamma", "mean", "smooth_prob", "ensemble")
-    return json.dumps({k: row[k] for k in names if k in row}, sort_keys=True)
+def _timed(command: list[str], cwd: Path, cache: Path) -> float:
+    """Seconds from ``command``'s start to its exit (it must succeed), run in ``cwd`` with ``cache``
+    as the data cache."""
+    env = os.environ | {"SMOOTHBLOCK_CACHE": str(cache)}
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"bench_search: {' '.join(command[:4])} ... exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def _finished_trials(db: Path, name: str) -> int:
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    experiment = client.get_experiment_by_name(name)
+    runs = client.search_runs([experiment.experiment_id], "tags.mlflow.parentRunId != ''") if experiment else []
+    return sum(r.info.status == "FINISHED" and "robust_acc" in r.data.metrics for r in runs)
+
+
+def end_to_end(data: str, points: list[dict], images: int, workers: int, root: Path, repeats: int,
+               val_size: int | None = None, warm: bool = True) -> dict:
+    """Process start to exit, as a user waits for it: ``smoothblock search --preset posthoc --config
+    FILE`` against ``benchmarks/bare_loop.py`` on the same FILE, each in its own folder, first with
+    an empty data cache (cold), then again in the same folder with it filled (warm: a user's second
+    search, beside the first one's MLflow store). Arms alternate, ``repeats`` times; medians."""
+    config = root / "end-to-end.yaml"
+    config.write_text(yaml.safe_dump({
+        "trials": len(points), "points_to_evaluate": points, "val_images": images, "audit_images": images,
+        "chunk_images": min(100, images), "scheduler": "fifo", "audit_top": 0, "max_concurrent_trials": workers,
+        **({"base": {"val_size": val_size}} if val_size else {})}))
+    common = ["--preset", "posthoc", "--config", str(config), "--data", str(Path(data).resolve())]
+    seconds: dict[str, dict[str, list[float]]] = {arm: {"cold": [], "warm": []} for arm in ("loop", "search")}
+    for repeat in range(repeats):
+        for arm in ("loop", "search"):
+            folder, cache = root / f"{arm}-{repeat}", root / f"cache-{arm}-{repeat}"
+            folder.mkdir()
+            for state in ("cold", "warm") if warm else ("cold",):
+                name = f"e2e-{state}"
+                command = ([sys.executable, str(Path(__file__).with_name("bare_loop.py")), *common] if arm == "loop" else
+                           [sys.executable, "-m", "search.cli", "search", *common, "--name", name])
+                seconds[arm][state].append(round(_timed(command, folder, cache), 2))
+                if arm == "search" and _finished_trials(folder / "mlflow.db", name) != len(points):
+                    raise SystemExit(f"bench_search: the {state} search did not finish its {len(points)} trials")
+            print(json.dumps({"repeat": repeat, **{a: {k: v[-1] for k, v in s.items() if v} for a, s in seconds.items()}}),
+                  flush=True)
+    report = {"trials": len(points), "repeats": repeats, "seconds": seconds}
+    for state in ("cold", "warm") if warm else ("cold",):
+        loop, searched = (statistics.median(seconds[arm][state]) for arm in ("loop", "search"))
+        report[state] = {"loop_s": loop, "search_s": searched, "ratio": round(searched / loop, 3)}
+    return report
 
 
 def main() -> None:
@@ -193,17 +224,22 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=500, help="validation images per trial")
     parser.add_argument("--workers", type=int, default=2, help="trials at a time, in both arms")
     parser.add_argument("--no_startup", action="store_true", help="skip the cold and warm start-up measurement")
+    parser.add_argument("--end_to_end", type=int, default=0, metavar="TRIALS",
+                        help="also time TRIALS trials from process start to exit, cold and warm, against the bare loop")
+    parser.add_argument("--repeats", type=int, default=3, help="end-to-end runs of each arm and state (median)")
+    parser.add_argument("--no_arms", action="store_true", help="only the end-to-end measurement")
     parser.add_argument("--smoke", action="store_true", help="2 trials on 8 images: checks that it runs")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     val_size = None
     if args.smoke:
         args.trials, args.images, val_size = [2], 8, 40
+        args.end_to_end, args.repeats = (2 if args.end_to_end else 0), 1
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "date": time.strftime("%Y-%m-%d"), "images": args.images, "workers": args.workers, "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp), str(Path(tmp) / "cache")
-        for n in args.trials:
+        for n in [] if args.no_arms else args.trials:
             search = configure(args.data, draw_points(n), args.images, args.workers, f"bench-{n}", cache, val_size)
             # Both arms start from the same filled cache (decoded images, transfer examples): the
             # cold start is measured on its own below.
@@ -214,7 +250,11 @@ def main() -> None:
             report["runs"].append({"trials": n, "loop": loop, "search": searched,
                                    "overhead": round(searched["seconds"] / loop["seconds"], 3)})
             print(json.dumps(report["runs"][-1] | {"loop": loop["seconds"], "search": searched["seconds"]}), flush=True)
-        if not args.no_startup:
+        if args.end_to_end:
+            # Its own folders and caches, after the arms: the first run is cold.
+            report["end_to_end"] = end_to_end(args.data, draw_points(args.end_to_end), args.images, args.workers,
+                                              root, args.repeats, val_size, warm=not args.smoke)
+        if not args.no_startup and not args.no_arms:
             report["startup"] = startup(configure(args.data, draw_points(1), args.images, args.workers, "bench-cold",
                                                   cache + "-cold", val_size), root)
     if len(report["runs"]) >= 2:

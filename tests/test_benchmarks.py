@@ -41,12 +41,14 @@ def small_folder(tmp_path_factory) -> Path:
 
 
 def test_the_search_benchmark_runs(small_folder, ray_home, tmp_path):
-    report = run_benchmark("bench_search.py", "--smoke", "--data", str(small_folder),
+    report = run_benchmark("bench_search.py", "--smoke", "--end_to_end", "2", "--data", str(small_folder),
                            env={"SMOOTHBLOCK_CACHE": str(tmp_path)})
     run = report["runs"][0]
     # Both arms scored the same pinned defenses, seeded alike: the same figures.
     assert run["trials"] == 2 and run["loop"]["robust_acc"] == run["search"]["robust_acc"]
     assert run["search"]["peak_worker_rss_mb"] > 0 and report["startup"]["cold_first_result_s"] > 0
+    # End to end: both processes ran to a clean exit (the search with every trial finished).
+    assert report["end_to_end"]["cold"]["ratio"] > 0
 
 
 def test_the_scheduler_benchmark_runs(small_folder, ray_home, tmp_path):

@@ -8,7 +8,7 @@ trial's own weights with the defense off (train).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -19,9 +19,11 @@ from smoothblock.hub import model_from_state
 from smoothblock.device import resolve_device
 
 from .assets import Assets
-from .session import Checkpoint
 from .params import trial_config
 from .scoring import Scoring, attack_batch
+
+if TYPE_CHECKING:
+    from ray.tune import Checkpoint
 
 
 def audit_defense(params: dict[str, Any], search: Scoring, assets: Assets,

@@ -10,19 +10,21 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-
-#: What a trainable passes around as a checkpoint (the audit reads a training trial's last one).
-Checkpoint = tune.Checkpoint
+# Ray is imported where a trial calls it: scoring outside a trial (a bare loop, a notebook) does
+# not pay for Ray's import.
 
 
 def trial_id() -> str | None:
     """The running trial's id (the key MLflow finds a trial's run by)."""
+    from ray import tune
+
     return tune.get_context().get_trial_id()
 
 
 def report(metrics: dict[str, Any], folder: Path | None = None) -> None:
     """Report ``metrics``; with ``folder``, save it as the trial's checkpoint beside them."""
+    from ray import tune
+
     if folder is None:
         tune.report(metrics)
     else:
@@ -34,6 +36,8 @@ def report(metrics: dict[str, Any], folder: Path | None = None) -> None:
 def restore_file(name: str, into: Path) -> bool:
     """Copy file ``name`` of the trial's last checkpoint into folder ``into``: False when the
     trial starts fresh (no checkpoint)."""
+    from ray import tune
+
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return False
