@@ -80,8 +80,9 @@ def draw_points(n: int, seed: int = 0) -> list[dict]:
 
 
 def configure(data: str, points: list[dict], images: int, workers: int, name: str, cache_dir: str,
-              val_size: int | None = None) -> SearchConfig:
-    search = compose("posthoc", data=data, trials=len(points), name=name, val_images=images, audit_images=images,
+              val_size: int | None = None, model: str | None = None) -> SearchConfig:
+    search = compose("posthoc", data=data, model=model, trials=len(points), name=name, val_images=images,
+                     audit_images=images,
                      chunk_images=min(100, images), scheduler="fifo", audit_top=0, max_concurrent_trials=workers)
     # val_size: the smoke test's folder is smaller than the preset's validation split.
     base = search.base.replace(cache_dir=cache_dir, val_size=val_size or search.base.val_size)
@@ -185,7 +186,7 @@ def _finished_trials(db: Path, name: str) -> int:
 
 
 def end_to_end(data: str, points: list[dict], images: int, workers: int, root: Path, repeats: int,
-               val_size: int | None = None, warm: bool = True) -> dict:
+               val_size: int | None = None, warm: bool = True, model: str | None = None) -> dict:
     """Process start to exit, as a user waits for it: ``smoothblock search --preset posthoc --config
     FILE`` against ``benchmarks/bare_loop.py`` on the same FILE, each in its own folder, first with
     an empty data cache (cold), then again in the same folder with it filled (warm: a user's second
@@ -194,7 +195,7 @@ def end_to_end(data: str, points: list[dict], images: int, workers: int, root: P
     config.write_text(yaml.safe_dump({
         "trials": len(points), "points_to_evaluate": points, "val_images": images, "audit_images": images,
         "chunk_images": min(100, images), "scheduler": "fifo", "audit_top": 0, "max_concurrent_trials": workers,
-        **({"base": {"val_size": val_size}} if val_size else {})}))
+        **({"base": {"val_size": val_size}} if val_size else {}), **({"model": model} if model else {})}))
     common = ["--preset", "posthoc", "--config", str(config), "--data", str(Path(data).resolve())]
     seconds: dict[str, dict[str, list[float]]] = {arm: {"cold": [], "warm": []} for arm in ("loop", "search")}
     for repeat in range(repeats):
@@ -223,6 +224,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--images", type=int, default=500, help="validation images per trial")
     parser.add_argument("--workers", type=int, default=2, help="trials at a time, in both arms")
+    parser.add_argument("--model", default=None, help="the trained model (default: the posthoc preset's)")
     parser.add_argument("--no_startup", action="store_true", help="skip the cold and warm start-up measurement")
     parser.add_argument("--end_to_end", type=int, default=0, metavar="TRIALS",
                         help="also time TRIALS trials from process start to exit, cold and warm, against the bare loop")
@@ -240,7 +242,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root, cache = Path(tmp), str(Path(tmp) / "cache")
         for n in [] if args.no_arms else args.trials:
-            search = configure(args.data, draw_points(n), args.images, args.workers, f"bench-{n}", cache, val_size)
+            search = configure(args.data, draw_points(n), args.images, args.workers, f"bench-{n}", cache, val_size,
+                               args.model)
             # Both arms start from the same filled cache (decoded images, transfer examples): the
             # cold start is measured on its own below.
             load_assets("posthoc", search.base, search.model, search.audit_images, search.attacks,
@@ -253,10 +256,10 @@ def main() -> None:
         if args.end_to_end:
             # Its own folders and caches, after the arms: the first run is cold.
             report["end_to_end"] = end_to_end(args.data, draw_points(args.end_to_end), args.images, args.workers,
-                                              root, args.repeats, val_size, warm=not args.smoke)
+                                              root, args.repeats, val_size, warm=not args.smoke, model=args.model)
         if not args.no_startup and not args.no_arms:
             report["startup"] = startup(configure(args.data, draw_points(1), args.images, args.workers, "bench-cold",
-                                                  cache + "-cold", val_size), root)
+                                                  cache + "-cold", val_size, args.model), root)
     if len(report["runs"]) >= 2:
         (a, b) = report["runs"][0], report["runs"][-1]
         for arm in ("loop", "search"):

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 STUDY_PLOTS = (("optimization_history", "plot_optimization_history"), ("param_importances", "plot_param_importances"),
                ("parallel_coordinate", "plot_parallel_coordinate"), ("slice", "plot_slice"),
                ("contour", "plot_contour"))
+#: The contour matrix shows this many of the most important parameters: one panel per pair, so all
+#: of a space's eight would be 64 panels (unreadable, and most of a search's plotting time).
+CONTOUR_PARAMS = 3
 
 
 def rebuild_study(search: SearchConfig, runs: list) -> optuna.Study:
@@ -74,13 +77,13 @@ def study_figures(search: SearchConfig, study: optuna.Study, folder: Path) -> li
     written = []
     objectives = [m for m, _ in search.objectives]
     plots = list(STUDY_PLOTS) + ([("pareto_front", "plot_pareto_front")] if search.multi_objective else [])
+    target: dict[str, Any] = {}
+    if search.multi_objective:  # one objective at a time: the search's robust accuracy
+        target = {"target": lambda t: t.values[1], "target_name": objectives[1]}
     for name, function in plots:
-        kwargs: dict[str, Any] = {}
-        if search.multi_objective and name != "pareto_front":
-            # One objective at a time: the search's robust accuracy.
-            kwargs = {"target": lambda t: t.values[1], "target_name": objectives[1]}
-        elif name == "pareto_front":
-            kwargs = {"target_names": objectives}
+        kwargs = dict(target) if name != "pareto_front" else {"target_names": objectives}
+        if name == "contour":
+            kwargs["params"] = top_params(study, CONTOUR_PARAMS, target.get("target"))
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna marks its matplotlib backend experimental
@@ -96,6 +99,18 @@ def study_figures(search: SearchConfig, study: optuna.Study, folder: Path) -> li
         except Exception as exc:  # noqa: BLE001 - Optuna raises ValueError/RuntimeError/ImportError
             log.info("plot %s not drawn: %s", name, exc)
     return written
+
+
+def top_params(study: optuna.Study, n: int, target=None) -> list[str] | None:
+    """The ``n`` parameters with the largest fANOVA importance for ``target`` (None: Optuna's own
+    choice, every parameter, when the importances cannot be computed)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ranked = list(optuna.importance.get_param_importances(study, target=target))
+    except Exception:  # noqa: BLE001 - too few trials, or nothing varied
+        return None
+    return ranked[:n] if len(ranked) >= 2 else None
 
 
 def tradeoff_figure(search: SearchConfig, runs: list, parent_metrics: dict[str, float], path: Path) -> Path:
@@ -211,8 +226,11 @@ def _log_plots(client, search: SearchConfig, parent_id: str, runs: list) -> list
         paths.append(tradeoff_figure(search, runs, client.get_run(parent_id).data.metrics, folder / "tradeoff.png"))
         gains = gain_figure(search, runs, folder / "gains.png")
         paths += [gains] if gains else []
+        parent = folder / "plots"
+        parent.mkdir()
         for path in paths:
-            client.log_artifact(parent_id, str(path), "plots")
+            path.rename(parent / path.name)
+        client.log_artifacts(parent_id, str(parent), "plots")
         for run in runs:
             if run.info.status == "FINISHED":
                 trial_artifacts(client, search, run, folder)

@@ -10,12 +10,19 @@ and a local path behave the same.
 from __future__ import annotations
 
 import fnmatch
+import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
 from smoothblock.errors import ConfigError, first_line
+
+from .tracking_store import redact, resolve_tracking_uri
+
+SEARCH_FILE = "smoothblock-search.yaml"   # the search's configuration, for --resume and export
+STATE_FILE = "smoothblock-search.json"    # where its MLflow records live
 
 
 @dataclass(frozen=True)
@@ -79,3 +86,24 @@ class Storage:
 
     def __str__(self) -> str:
         return self.uri
+
+
+def resume_tracking_uri(store: Storage, name: str, mlflow_uri: str | None) -> str:
+    """``--mlflow-uri``, else the URI the search was launched with, else the default."""
+    if mlflow_uri or not store.exists(name, STATE_FILE):
+        return resolve_tracking_uri(mlflow_uri)
+    state = json.loads(store.read_text(name, STATE_FILE))
+    if not state.get("credentials_removed"):
+        return state["tracking_uri"]
+    # The stored URI lost its password (never written to disk): the user's environment has it.
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise ConfigError(f"search {name!r} logs to {state['tracking_uri']}, whose credentials are not stored; "
+                          "pass --mlflow-uri or set MLFLOW_TRACKING_URI")
+    return os.environ["MLFLOW_TRACKING_URI"]
+
+
+def write_state_file(store: Storage, name: str, uri: str, experiment_id: str, parent_id: str) -> None:
+    """Where the search's MLflow records live, beside Ray's results and its configuration."""
+    store.write_text(name, STATE_FILE, json.dumps({
+        "tracking_uri": redact(uri), "credentials_removed": redact(uri) != uri,
+        "experiment_id": experiment_id, "parent_run_id": parent_id}) + "\n")

@@ -1,22 +1,25 @@
 """The Tune callback that logs every trial to MLflow from the driver: its child run, params,
 per-report metrics, status and checkpoint.
 
-One driver carries every trial of a search, so a trial costs it few requests: the run is created
-with its tags and whole configuration (one request); its params and reports wait on the driver
-and are written together by the first report that comes ``FLUSH_SECONDS`` or more after the run's
-last write, and always before the run is marked FINISHED or FAILED (one request for a trial whose
-reports come faster than that, as post-hoc chunks do on a GPU; one a report for slower ones, as
-training epochs); its end sets the status (one). The runs a resumed driver must
-find again are read once, not searched for per trial. A driver killed between flushes loses the
-last seconds of reports of trials that were still running, which a resumed search runs again; a
-FINISHED run always holds every figure. (MLflow's asynchronous logging was tried: its queue
-flushes about once a second, so waiting for a trial's writes before marking it FINISHED cost a
-second a trial.)
+One driver carries every trial of a search, so a trial costs it few requests, and few of them
+wait: the run is created with its tags and whole configuration (one request, on the driver's
+thread: the run id comes back); its params and reports wait on the driver and are written
+together by the first report that comes ``FLUSH_SECONDS`` or more after the run's last write, and
+always before the run is marked FINISHED or FAILED (one request for a trial whose reports come
+faster than that, as post-hoc chunks do on a GPU; one a report for slower ones, as training
+epochs); its end sets the status (one). Every write after the creation is sent by
+:class:`~search.ordered_writes.OrderedWrites`' threads, in order within the run, while the driver
+goes on; the search's end waits for them all. The runs a resumed driver must find again are read
+once, not searched for per trial. A driver killed between flushes loses the last seconds of
+reports of trials that were still running, which a resumed search runs again; a FINISHED run
+always holds every figure. (MLflow's asynchronous logging was tried: its queue flushes about once
+a second, so waiting for a trial's writes before marking it FINISHED cost a second a trial.)
 """
 from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from typing import Any
 
@@ -27,6 +30,7 @@ from ray import tune
 from smoothblock import Config
 from trainables.params import config_params, trial_config
 
+from .ordered_writes import OrderedWrites
 from .tracking import (_FULL_URIS, CONFIG_TAG, PARENT_TAG, ROLE_TAG, SAMPLED_TAG, STOPPED_TAG, TRIAL_TAG, TUNE_KEYS,
                        child_runs, close_interrupted, last_step, lost_runs, redact, run_label, trial_error)
 
@@ -63,12 +67,24 @@ class TrialLogger(tune.Callback):
         self._params: dict[str, list[Param]] = {}  # run id -> params not yet written
         self._metrics: dict[str, list[Metric]] = {}  # run id -> reported metrics not yet written
         self._written: dict[str, float] = {}  # run id -> when its last write (or its creation) was
+        self._writes: OrderedWrites | None = None
+        self._lock = threading.Lock()  # _params and _metrics: the writer threads take from them
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
         # What this driver holds of MLflow is read again by the next one; only the settings travel.
         return {**self.__dict__, "tracking_uri": redact(self.tracking_uri), "_client": None, "_runs": {},
                 "_done": set(), "_logged": {}, "_before": None, "_by_trial": {}, "_lost": None, "_params": {},
-                "_metrics": {}, "_written": {}}
+                "_metrics": {}, "_written": {}, "_writes": None, "_lock": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state, _lock=threading.Lock())
+
+    @property
+    def writes(self) -> OrderedWrites:
+        """The writer threads (started with the first write)."""
+        if self._writes is None:
+            self._writes = OrderedWrites()
+        return self._writes
 
     @property
     def client(self) -> MlflowClient:
@@ -101,14 +117,16 @@ class TrialLogger(tune.Callback):
                     self.client.update_run(run_id, status="RUNNING")
                 self._logged[run_id] = last_step(self.client, run_id)
                 if not found.data.params:  # its driver died before the first write
-                    self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
+                    with self._lock:
+                        self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
         else:
             run = self.client.create_run(self.experiment_id, run_name=run_label(cfg),
                                          tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
                                                ROLE_TAG: "trial", SAMPLED_TAG: json.dumps(trial.config, sort_keys=True),
                                                CONFIG_TAG: cfg.to_yaml(), **self.tags})
             run_id = run.info.run_id
-            self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
+            with self._lock:
+                self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
             self._written[run_id] = time.monotonic()
         self._runs[trial.trial_id] = run_id
         return run_id
@@ -125,21 +143,47 @@ class TrialLogger(tune.Callback):
             self.client.set_tag(found.info.run_id, TRIAL_TAG, trial.trial_id)
         return found
 
-    def _write(self, run_id: str) -> None:
-        """The run's params and reports not yet written, in as few requests as MLflow's batch
-        limits allow (one, for a trial's configuration and its five reports)."""
-        params, metrics = self._params.pop(run_id, []), self._metrics.pop(run_id, [])
+    def _flush(self, run_id: str) -> None:
+        """Queue the writing of the run's params and reports held so far."""
         self._written[run_id] = time.monotonic()
+        self.writes.submit(run_id, self._send_held, run_id)
+
+    def _send_held(self, run_id: str) -> None:
+        """(A writer thread.) The run's params and reports not yet written, in as few requests as
+        MLflow's batch limits allow (one, for a trial's configuration and its five reports)."""
+        with self._lock:
+            params, metrics = self._params.pop(run_id, []), self._metrics.pop(run_id, [])
         while params or metrics:
             # At most 100 params and 1,000 items in all per batch.
             batch_params, batch_metrics = params[:100], metrics[:1000 - len(params[:100])]
             try:
                 self.client.log_batch(run_id, metrics=batch_metrics, params=batch_params)
             except Exception:
-                # Kept for the next write (a later report, the trial's end), not lost with the request.
-                self._params[run_id], self._metrics[run_id] = params, metrics
+                # Kept for the next write (a later report, the trial's end), not lost with the
+                # request; ahead of what the driver held meanwhile.
+                with self._lock:
+                    self._params[run_id] = params + self._params.get(run_id, [])
+                    self._metrics[run_id] = metrics + self._metrics.get(run_id, [])
                 raise
             params, metrics = params[len(batch_params):], metrics[len(batch_metrics):]
+
+    def _end(self, run_id: str, status: str) -> None:
+        """(A writer thread.) Every figure, then the status that says the run is complete."""
+        self._send_held(run_id)
+        self.client.set_terminated(run_id, status=status)
+
+    def _log_checkpoint(self, run_id: str, checkpoint) -> None:
+        with checkpoint.as_directory() as folder:
+            self.client.log_artifacts(run_id, folder, "checkpoint")
+
+    def flush(self) -> None:
+        """Write everything held and queued; raise the first write that failed twice."""
+        with self._lock:
+            held = set(self._params) | set(self._metrics)
+        for run_id in held:
+            self._flush(run_id)
+        if self._writes is not None:
+            self._writes.drain()
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.run_id(trial, trials)
@@ -153,10 +197,11 @@ class TrialLogger(tune.Callback):
         metrics = [Metric(k, float(v), now or 0, step) for k, v in result.items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v)]
-        self._metrics.setdefault(run_id, []).extend(metrics)
+        with self._lock:
+            self._metrics.setdefault(run_id, []).extend(metrics)
         self._logged[run_id] = step
         if time.monotonic() - self._written.get(run_id, 0.0) >= FLUSH_SECONDS:
-            self._write(run_id)
+            self._flush(run_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial, trials)
@@ -165,30 +210,26 @@ class TrialLogger(tune.Callback):
         reached = int((trial.last_result or {}).get("training_iteration", 0))
         if self.max_iterations and reached < self.max_iterations:
             # ASHA stopped it; its figures rest on fewer images (posthoc) or epochs (train).
-            self.client.set_tag(run_id, STOPPED_TAG, f"after {reached} of {self.max_iterations} reports")
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                self.client.log_artifacts(run_id, folder, "checkpoint")
-        self._write(run_id)  # every figure before the status says the run is complete
-        self.client.set_terminated(run_id, status="FINISHED")
+            self.writes.submit(run_id, self.client.set_tag, run_id, STOPPED_TAG,
+                               f"after {reached} of {self.max_iterations} reports")
+        if trial.checkpoint is not None:
+            self.writes.submit(run_id, self._log_checkpoint, run_id, trial.checkpoint)
+        self.writes.submit(run_id, self._end, run_id, "FINISHED")
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
-        self.client.set_tag(run_id, "retries", str(trial.run_metadata.num_failures))
+        self.writes.submit(run_id, self.client.set_tag, run_id, "retries", str(trial.run_metadata.num_failures))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         run_id = self.run_id(trial)
         error = trial_error(trial)
-        self.client.log_text(run_id, str(error), "error.txt")
         last = [line for line in str(error).strip().splitlines() if line.strip()]
-        self.client.set_tag(run_id, "error", (last[-1] if last else "error")[:5000])
-        self._write(run_id)
-        self.client.set_terminated(run_id, status="FAILED")
+        self.writes.submit(run_id, self.client.log_text, run_id, str(error), "error.txt")
+        self.writes.submit(run_id, self.client.set_tag, run_id, "error", (last[-1] if last else "error")[:5000])
+        self.writes.submit(run_id, self._end, run_id, "FAILED")
 
     def on_experiment_end(self, trials, **info):
-        for run_id in set(self._params) | set(self._metrics):  # trials still running when the search stopped
-            self._write(run_id)
+        self.flush()  # trials still running when the search stopped, and every queued write
         for run in lost_runs(self.client, self.experiment_id, self.parent_id, trials):
             self.client.set_tag(run.info.run_id, "smoothblock.lost", "finished after Ray's last saved state; "
                                 "the resumed search ran another trial in its place")

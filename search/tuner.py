@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -13,6 +12,7 @@ from typing import Any, Sequence
 
 import optuna
 import ray
+import torch
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
@@ -20,27 +20,27 @@ from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
 from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
 from trainables.assets import Assets
+from trainables.baseline import Baseline, gains, store_cached
+from trainables.posthoc import cached_undefended, undefended_key
 from trainables.recorded import Recorded
 from trainables.scoring import SCHEDULER_METRIC
-from trainables.baseline import Baseline, gains
 
 from . import plots, tracking
 from .progress import TrialLines
+from .overlap import side_by_side
 from .searcher import make_searcher, replaying
 from .config import SearchConfig
 from .ranking import rank
 from .outcome import BASELINE_PREFIX, Outcome, summarize, trial_rows
 from .tracking import AUDIT_PREFIX, AUDITED
 from .trial_logger import TrialLogger
-from .storage import Storage
+from .storage import SEARCH_FILE, STATE_FILE, Storage, resume_tracking_uri, write_state_file
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
 # A resumed trial reports again the step Optuna saw before the driver died (the same values, from
 # MLflow); Optuna keeps the first and warns: expected on resume, not a problem to show.
 warnings.filterwarnings("ignore", message="The reported value is ignored because this `step=", category=UserWarning)
 logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation notes
-SEARCH_FILE = "smoothblock-search.yaml"   # the search's configuration, for --resume and export
-STATE_FILE = "smoothblock-search.json"    # where its MLflow records live
 
 
 def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | None = None):
@@ -118,15 +118,28 @@ def _autoscaling_ceiling() -> dict[str, float]:
 
 
 def score_baseline(search: SearchConfig, assets: Assets) -> Assets:
-    """A posthoc search's reference point, scored before its trials as a Ray task (on a GPU worker
-    where the trials run on one): the trained model without defense under the same attacks, images
-    and seeds, read from the cache when scored so before. The assets come back holding it, so every
-    trial reports its gain over it; the parent run gets its figures (``undefended_clean_acc``, ...)."""
+    """A posthoc search's reference point: the trained model without defense under the same attacks,
+    images and seeds. Read from the driver's cache when scored so before on the trials' kind of
+    device; else scored before the trials as a Ray task (on a GPU worker where the trials run on
+    one; a CPU search gives it a whole node's CPUs, since nothing else runs yet) and kept in the
+    driver's cache too. The assets come back holding it, so every trial reports its gain over it;
+    the parent run gets its figures (``undefended_clean_acc``, ...)."""
     if search.trainable != "posthoc" or assets.state_dict is None:
         return assets
-    task = ray.remote(undefended_score).options(num_cpus=search.cpus_per_trial, num_gpus=search.gpus_per_trial)
-    baseline = ray.get(task.remote(search, assets))
+    on_gpu = search.gpus_per_trial > 0 and assets.base.device != "cpu"
+    device = torch.device("cuda" if on_gpu else "cpu")
+    baseline = cached_undefended(search, assets, device)
+    if baseline is None:
+        cpus = search.cpus_per_trial if on_gpu else max(search.cpus_per_trial, _largest_node_cpus())
+        task = ray.remote(undefended_score).options(num_cpus=cpus, num_gpus=search.gpus_per_trial)
+        baseline = ray.get(task.remote(search, assets, threads=None if on_gpu else max(1, int(cpus))))
+        store_cached(undefended_key(search, assets, device), assets.base.cache_dir, baseline)
     return dataclasses.replace(assets, baseline=baseline)
+
+
+def _largest_node_cpus() -> float:
+    """The most CPUs one live node of the cluster has."""
+    return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=1.0)
 
 
 def log_baseline(client, parent_id: str, assets: Assets) -> dict[str, float] | None:
@@ -149,15 +162,20 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     search = search.replace(name=name)
     store = Storage.from_arg(storage)
     uri = tracking.resolve_tracking_uri(mlflow_uri)
-    client = tracking.connect(uri)
-    existing = client.get_experiment_by_name(name)
-    if existing is not None and existing.lifecycle_stage != "active":
-        raise ConfigError(f"MLflow holds a deleted experiment named {name!r}; choose another --name "
-                          "(or purge it with `mlflow gc`)")
-    if existing is not None or store.exists(name):
-        raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
-    assets = _load_assets(search)
-    init_ray(address, verbose)
+
+    def new_search_store():
+        client = tracking.connect(uri)
+        existing = client.get_experiment_by_name(name)
+        if existing is not None and existing.lifecycle_stage != "active":
+            raise ConfigError(f"MLflow holds a deleted experiment named {name!r}; choose another --name "
+                              "(or purge it with `mlflow gc`)")
+        if existing is not None or store.exists(name):
+            raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
+        return client
+
+    # The tracking store, the weights and images, and Ray come up at once.
+    _, client, assets = side_by_side(lambda: init_ray(address, verbose), new_search_store,
+                                     lambda: _load_assets(search))
     concurrent = search.max_concurrent_trials or check_resources(search)
     assets = score_baseline(search, assets)
     # The configuration is written first: a driver killed from here on leaves a search --resume completes.
@@ -166,7 +184,7 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     try:
         experiment_id, parent_id = tracking.start_search_run(client, name, search_yaml,
                                                              tracking.search_params(search), tracking.search_tags(search))
-        _write_state_file(store, name, uri, experiment_id, parent_id)
+        write_state_file(store, name, uri, experiment_id, parent_id)
         baseline = log_baseline(client, parent_id, assets)
         tuner = _new_tuner(search, assets, store, uri, experiment_id, parent_id, concurrent, verbose=verbose,
                            callbacks=callbacks)
@@ -191,7 +209,7 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     """
     store = Storage.from_arg(storage)
     folder = store.folder(name)
-    uri = _resume_tracking_uri(store, name, mlflow_uri)
+    uri = resume_tracking_uri(store, name, mlflow_uri)
     client = tracking.connect(uri)
     stored = None
     if store.exists(name, SEARCH_FILE):
@@ -210,9 +228,8 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         search = SearchConfig.from_yaml(tracking.search_yaml(client, parent_id), source=f"search {name!r} in MLflow")
         store.write_text(name, SEARCH_FILE, search.to_yaml())
     if not store.exists(name, STATE_FILE):
-        _write_state_file(store, name, uri, experiment_id, parent_id)
-    assets = _load_assets(search)
-    init_ray(address, verbose)
+        write_state_file(store, name, uri, experiment_id, parent_id)
+    _, assets = side_by_side(lambda: init_ray(address, verbose), lambda: _load_assets(search))
     concurrent = search.max_concurrent_trials or check_resources(search)
     assets = score_baseline(search, assets)
     baseline = log_baseline(client, parent_id, assets)
@@ -248,27 +265,6 @@ def _restore_and_finish(search: SearchConfig, assets, recorded, client, uri: str
     with replaying([(trial_id, search.space.encode_point(point, search.base))
                     for trial_id, point in recorded.sampled]):
         return _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder, baseline)
-
-
-def _resume_tracking_uri(store: Storage, name: str, mlflow_uri: str | None) -> str:
-    """``--mlflow-uri``, else the URI the search was launched with, else the default."""
-    if mlflow_uri or not store.exists(name, STATE_FILE):
-        return tracking.resolve_tracking_uri(mlflow_uri)
-    state = json.loads(store.read_text(name, STATE_FILE))
-    if not state.get("credentials_removed"):
-        return state["tracking_uri"]
-    # The stored URI lost its password (never written to disk): the user's environment has it.
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        raise ConfigError(f"search {name!r} logs to {state['tracking_uri']}, whose credentials are not stored; "
-                          "pass --mlflow-uri or set MLFLOW_TRACKING_URI")
-    return os.environ["MLFLOW_TRACKING_URI"]
-
-
-def _write_state_file(store: Storage, name: str, uri: str, experiment_id: str, parent_id: str) -> None:
-    """Where the search's MLflow records live, beside Ray's results and its configuration."""
-    store.write_text(name, STATE_FILE, json.dumps({
-        "tracking_uri": tracking.redact(uri), "credentials_removed": tracking.redact(uri) != uri,
-        "experiment_id": experiment_id, "parent_run_id": parent_id}) + "\n")
 
 
 def _new_tuner(search: SearchConfig, assets: Assets, store: Storage, uri: str, experiment_id: str,

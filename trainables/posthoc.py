@@ -89,23 +89,39 @@ def score(cfg: Config, search: Scoring, assets: Assets,
     return metrics
 
 
-def undefended_score(search: Scoring, assets: Assets) -> Baseline:
-    """The reference every trial is compared with: the same model, images, attacks and seeds, no
-    defense; read from the cache folder when the same base was scored the same way before."""
-    cfg = assets.base.replace(method="none")
-    device = resolve_device(cfg.device)
+def undefended_key(search: Scoring, assets: Assets, device: torch.device) -> str:
+    """The cache key of the base's figures when scored on a ``device`` of that type."""
     scoring = {"attacks": list(search.attacks), "settings": search.attack_settings().to_dict(),
                "seed": search.search_seed, "val_images": search.val_images, "chunk_images": search.chunk_images,
-               "rows": attack_batch(cfg, search.attack_rows, device), "bf16": search.attack_bf16}
+               "rows": attack_batch(assets.base.replace(method="none"), search.attack_rows, device),
+               "bf16": search.attack_bf16}
     val = assets.splits.val.take(slice(0, min(search.val_images, len(assets.splits.val))))
-    key = baseline_key(assets.state_dict, val, scoring, device.type)
-    cached = load_cached(key, cfg.cache_dir)
+    return baseline_key(assets.state_dict, val, scoring, device.type)
+
+
+def cached_undefended(search: Scoring, assets: Assets, device: torch.device) -> Baseline | None:
+    """The base's figures scored on a ``device`` of that type before, from the cache folder, or None."""
+    return load_cached(undefended_key(search, assets, device), assets.base.cache_dir)
+
+
+def undefended_score(search: Scoring, assets: Assets, threads: int | None = None) -> Baseline:
+    """The reference every trial is compared with: the same model, images, attacks and seeds, no
+    defense; read from the cache folder when the same base was scored the same way before, else
+    scored (with ``threads`` torch threads, when given) and kept there."""
+    cfg = assets.base.replace(method="none")
+    device = resolve_device(cfg.device)
+    cached = cached_undefended(search, assets, device)
     if cached is not None:
         return cached
     outcomes: dict[str, torch.Tensor] = {}
-    metrics = score(cfg, search, dataclasses.replace(assets, baseline=None), outcomes)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or previous)
+    try:
+        metrics = score(cfg, search, dataclasses.replace(assets, baseline=None), outcomes)
+    finally:
+        torch.set_num_threads(previous)  # the process may score a trial or an audit next
     baseline = Baseline({k: float(v) for k, v in metrics.items()}, outcomes["clean"], outcomes["robust"])
-    store_cached(key, cfg.cache_dir, baseline)
+    store_cached(undefended_key(search, assets, device), cfg.cache_dir, baseline)
     return baseline
 
 
