@@ -19,7 +19,7 @@ from ray.tune.schedulers import ASHAScheduler
 from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
 from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
-from trainables.assets import Assets
+from trainables.assets import Assets, load_weights
 from trainables.baseline import Baseline, gains, store_cached
 from trainables.posthoc import cached_undefended, undefended_key
 from trainables.recorded import Recorded
@@ -50,11 +50,23 @@ def make_trainable(search: SearchConfig, assets: Assets, recorded: Recorded | No
                                resources)
 
 
-def _load_assets(search: SearchConfig) -> Assets:
+def _load_assets(search: SearchConfig, weights=None) -> Assets:
     # The search's validation images, then the audit's fresh ones after them.
     images = search.val_images + (search.audit_images if search.audit_top else 0)
     return load_assets(search.trainable, search.base, search.model, images, search.attacks,
-                       search.attack_settings(), search.search_seed)
+                       search.attack_settings(), search.search_seed, weights)
+
+
+def _start(address: str | None, verbose: bool, *steps) -> list[Any]:
+    """Ray's start (or connection) and ``steps`` side by side (:func:`side_by_side`); the steps'
+    results. A search that cannot start stops the local Ray it started."""
+    started = not ray.is_initialized()
+    try:
+        return side_by_side(lambda: init_ray(address, verbose), *steps)[1:]
+    except BaseException:
+        if started and ray.is_initialized():
+            ray.shutdown()
+        raise
 
 
 def init_ray(address: str | None, verbose: bool = False) -> None:
@@ -173,9 +185,10 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
             raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
         return client
 
-    # The tracking store, the weights and images, and Ray come up at once.
-    _, client, assets = side_by_side(lambda: init_ray(address, verbose), new_search_store,
-                                     lambda: _load_assets(search))
+    # The weights are checked first (a file that is not a checkpoint starts nothing); then the
+    # tracking store, the images and Ray come up at once.
+    weights = load_weights(search.base, search.model)
+    client, assets = _start(address, verbose, new_search_store, lambda: _load_assets(search, weights))
     concurrent = search.max_concurrent_trials or check_resources(search)
     assets = score_baseline(search, assets)
     # The configuration is written first: a driver killed from here on leaves a search --resume completes.
@@ -229,7 +242,8 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
         store.write_text(name, SEARCH_FILE, search.to_yaml())
     if not store.exists(name, STATE_FILE):
         write_state_file(store, name, uri, experiment_id, parent_id)
-    _, assets = side_by_side(lambda: init_ray(address, verbose), lambda: _load_assets(search))
+    weights = load_weights(search.base, search.model)
+    (assets,) = _start(address, verbose, lambda: _load_assets(search, weights))
     concurrent = search.max_concurrent_trials or check_resources(search)
     assets = score_baseline(search, assets)
     baseline = log_baseline(client, parent_id, assets)

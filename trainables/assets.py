@@ -50,19 +50,31 @@ class Assets:
         return None if self.transfer is None else {"transfer": self.transfer[start:stop]}
 
 
+#: What :func:`load_weights` gives: the base (with the weights' arch and classes), the state
+#: dict, the configuration stored with it and the network built from both (all None without a model).
+Weights = tuple[Config, "dict[str, torch.Tensor] | None", "Config | None", "torch.nn.Module | None"]
+
+
+def load_weights(base: Config, model: str | None) -> Weights:
+    """The trained model (posthoc) or the weights to fine-tune from, checked against their
+    architecture here, on the driver, so weights of another architecture stop the search before
+    its first trial rather than fail every trial (ConfigError/CheckpointError on bad input)."""
+    if not model:
+        return base, None, None, None
+    path = resolve(model)
+    model_config, state_dict = load_checkpoint(path)
+    network = network_from_state(model_config, state_dict, path)
+    # The defense goes into this network: its architecture wins over the base's.
+    return base.replace(arch=model_config.arch, num_classes=model_config.num_classes), state_dict, model_config, network
+
+
 def load_assets(trainable: str, base: Config, model: str | None, val_images: int,
-                attacks: tuple[str, ...] = (), settings: AttackSettings = AttackSettings(), seed: int = 0) -> Assets:
-    """Load the weights and the data a search needs (ConfigError/DataError/CheckpointError on bad
-    input); for a posthoc suite with ``transfer``, craft its examples (seeded by ``seed``)."""
-    state_dict = model_config = network = None
-    if model:
-        path = resolve(model)
-        model_config, state_dict = load_checkpoint(path)
-        # Checked here, on the driver, so weights of another architecture stop the search before
-        # its first trial rather than fail every trial.
-        network = network_from_state(model_config, state_dict, path)
-        # The defense goes into this network: its architecture wins over the base's.
-        base = base.replace(arch=model_config.arch, num_classes=model_config.num_classes)
+                attacks: tuple[str, ...] = (), settings: AttackSettings = AttackSettings(), seed: int = 0,
+                weights: Weights | None = None) -> Assets:
+    """Load the weights (or take ``weights``, from :func:`load_weights`) and the data a search needs
+    (ConfigError/DataError/CheckpointError on bad input); for a posthoc suite with ``transfer``,
+    craft its examples (seeded by ``seed``)."""
+    base, state_dict, model_config, network = weights or load_weights(base, model)
     splits = load_splits(base.data, val_size=base.val_size, split_seed=base.split_seed,
                          subset=base.subset if trainable == "train" else 0,
                          cache_dir=base.cache_dir, need_test=False, val_images=val_images)
