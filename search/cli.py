@@ -7,6 +7,7 @@ Bad input ends with one line on stderr and exit status 2, before anything is cre
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import sys
@@ -67,6 +68,29 @@ def add_search_commands(sub) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
+    from . import faults, tuner  # noqa: F401 - tuner first: it sets MLflow's logger to WARNING
+
+    if not args.verbose:  # MLflow's own error reports of a refused write, urllib3's of each retry:
+        # the search says it once
+        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+
+    try:
+        return _search(args)
+    except faults.SearchStopped as stopped:
+        # The fault in one line naming the way on; its traceback in the log file the line names.
+        # --resume finds the tracking store in the results folder's state file; only that folder is needed.
+        where = dataclasses.replace(stopped.where, resume_flags=f"--storage {args.storage}" if args.storage else "")
+        message, status = faults.line(stopped.error, where)
+        from tqdm import tqdm
+
+        for bar in list(tqdm._instances):  # the progress bar, closed above the line (not redrawn after it)
+            bar.close()
+        print(message, file=sys.stderr)
+        return status
+
+
+def _search(args: argparse.Namespace) -> int:
     from smoothblock.errors import ConfigError
 
     from . import tuner
@@ -130,9 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLine(logging.Formatter):
+    """A log record as its message's first line: no traceback reaches the terminal (a stopped
+    search writes its own to the log file its error line names)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = record.getMessage().strip().splitlines()
+        return lines[0] if lines else ""
+
+
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; bad input -> one line on stderr and status 2."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    handler = logging.StreamHandler()
+    handler.setFormatter(OneLine())
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     try:
         return args.handler(args)
     except SmoothBlockError as exc:

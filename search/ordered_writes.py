@@ -35,6 +35,7 @@ class OrderedWrites:
         self._tails: dict[str, Future] = {}  # run id -> its last queued write
         self._stalled: dict[str, list[Write]] = {}  # run id -> writes to send again, in order
         self._errors: dict[str, BaseException] = {}  # run id -> why it stalled
+        self._warned = False  # one line in the terminal for a store that refuses writes, not one a run
 
     def submit(self, run_id: str, fn: Callable[..., Any], *args: Any) -> None:
         """Queue ``fn(*args)`` after the run's earlier writes (and first those that failed)."""
@@ -73,11 +74,11 @@ class OrderedWrites:
         with self._lock:
             self._stalled.setdefault(run_id, []).append(write)
             if error is not None:
-                first = run_id not in self._errors
                 self._errors[run_id] = error
-                if first:
-                    log.warning("MLflow write for run %s failed (sent again with its next write): %s",
-                                run_id, str(error).splitlines()[0] if str(error) else type(error).__name__)
+                if not self._warned:
+                    self._warned = True
+                    log.warning("MLflow refused a write (kept, and sent again with the run's next one): %s",
+                                str(error).splitlines()[0] if str(error) else type(error).__name__)
 
     def wait(self) -> None:
         """Until every queued write has been sent or has failed."""

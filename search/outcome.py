@@ -13,6 +13,18 @@ from .tracking import AUDITED
 BASELINE_PREFIX = "undefended_"
 
 
+def log_baseline(client, parent_id: str, assets) -> dict[str, float] | None:
+    """The base's figures (``assets.baseline``: :class:`trainables.assets.Assets`) on the parent run
+    (``undefended_clean_acc``, ...); what it holds."""
+    if assets.baseline is None:
+        return None
+    logged = client.get_run(parent_id).data.metrics
+    values = {f"{BASELINE_PREFIX}{k}": float(v) for k, v in assets.baseline.metrics.items()
+              if k.endswith(("_acc", "_broke")) and f"{BASELINE_PREFIX}{k}" not in logged}
+    tracking.log_metrics(client, parent_id, values)
+    return dict(assets.baseline.metrics)
+
+
 @dataclass
 class Outcome:
     """What a finished search leaves: its configuration, MLflow ids (``tracking_uri`` without

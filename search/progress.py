@@ -1,7 +1,8 @@
 """What a running search prints: one line per finished trial and one progress bar with the time left.
 
-Ray Tune's own per-trial tables (hundreds of lines for the main command's 16 trials) are shown
-only with ``smoothblock search --verbose``.
+Ray Tune's own per-trial tables (hundreds of lines for the main command's 16 trials), its error
+tracebacks and a lost node's state dump are shown only with ``smoothblock search --verbose``; a
+failed or retried trial gets one line here saying why (:func:`search.faults.trial_cause`).
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tqdm import tqdm
 from smoothblock import Config
 from trainables.params import trial_config
 
-from .tracking import run_label
+from .faults import trial_cause
+from .tracking import run_label, trial_error
 
 
 class TrialLines(tune.Callback):
@@ -44,7 +46,12 @@ class TrialLines(tune.Callback):
         self._line(trial, "")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._line(trial, "failed")
+        self._line(trial, f"failed: {trial_cause(trial_error(trial))}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        # Ray's own report of it (the traceback, a node's state dump) stays out of the terminal.
+        label = run_label(trial_config(self.base, trial.config))
+        self.bar.write(f"trial {trial.trial_id}: {label}  (retried: {trial_cause(trial_error(trial))})", file=sys.stdout)
 
     def on_experiment_end(self, trials, **info) -> None:
         if self._bar is not None:

@@ -21,6 +21,7 @@ import json
 import math
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from mlflow import MlflowClient
@@ -235,3 +236,36 @@ class TrialLogger(tune.Callback):
                                 "the resumed search ran another trial in its place")
             self.client.set_terminated(run.info.run_id, status="KILLED")
         close_interrupted(self.client, self.experiment_id, self.parent_id)
+
+
+@dataclass
+class _FinishedTrial:
+    """What TrialLogger reads of a trial that Ray holds as finished."""
+
+    trial_id: str
+    config: dict
+    last_result: dict
+    checkpoint: None = None
+
+
+def write_unwritten(logger: TrialLogger, grid) -> int:
+    """Trials Ray holds as finished whose MLflow runs are not FINISHED (the store refused their
+    writes: a full disk, a server away past MLflow's retries): their reports, from Ray's results,
+    then FINISHED. ``logger``: a new one (it reads the search's runs once, and leaves the FINISHED
+    ones alone); ``grid``: ``Tuner.fit``'s results. Returns how many runs it completed."""
+    count = 0
+    for result in grid:
+        if result.error is not None or not result.metrics or "trial_id" not in result.metrics:
+            continue
+        frame = result.metrics_dataframe
+        rows = frame.to_dict("records") if frame is not None and len(frame) else [result.metrics]
+        rows = [{k: v for k, v in row.items() if "/" not in k} for row in rows]  # not the flattened config
+        trial = _FinishedTrial(result.metrics["trial_id"], dict(result.config or {}), rows[-1])
+        if logger.run_id(trial) in logger._done:
+            continue
+        for row in rows:
+            logger.on_trial_result(0, [], trial, row)
+        logger.on_trial_complete(0, [], trial)
+        count += 1
+    logger.flush()
+    return count

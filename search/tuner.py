@@ -27,13 +27,14 @@ from trainables.scoring import SCHEDULER_METRIC
 
 from . import plots, tracking
 from .progress import TrialLines
+from .faults import Where, stopped_as
 from .overlap import side_by_side
 from .searcher import make_searcher, replaying
 from .config import SearchConfig
 from .ranking import rank
-from .outcome import BASELINE_PREFIX, Outcome, summarize, trial_rows
+from .outcome import BASELINE_PREFIX, Outcome, log_baseline, summarize, trial_rows
 from .tracking import AUDIT_PREFIX, AUDITED
-from .trial_logger import TrialLogger
+from .trial_logger import TrialLogger, write_unwritten
 from .storage import SEARCH_FILE, STATE_FILE, Storage, resume_tracking_uri, write_state_file
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)  # not "A new study created in memory"
@@ -74,8 +75,17 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
     ``verbose``, the workers' output and Ray's warnings stay out of the terminal (trial errors are
     still reported, and recorded in MLflow)."""
     if not verbose:
-        for name in ("ray", "ray.tune"):
-            logging.getLogger(name).setLevel(logging.ERROR)
+        # Tune's error reports (a failed trial's traceback, a lost node's) are CRITICAL-less ERRORs:
+        # the trial lines say what failed and why (search.progress), MLflow keeps the trace.
+        for name in ("ray", "ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        # What the raylets and the autoscaler publish to the driver (a dead worker's message, a
+        # node's state dump, "(autoscaler +3s) ..." lines) is printed by Ray's driver-side listener,
+        # not through logging; this one switch (what Ray's debugger uses to pause the same output)
+        # turns it off. Private: a Ray without it is caught by test_cluster's no-internals check.
+        import ray._private.worker as ray_worker
+
+        ray_worker._worker_logs_enabled = False
     # Tune's newer output prints its experiment table even at verbose 0; the older one is silent.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     if ray.is_initialized():
@@ -154,26 +164,23 @@ def _largest_node_cpus() -> float:
     return max((node["Resources"].get("CPU", 0.0) for node in ray.nodes() if node.get("Alive")), default=1.0)
 
 
-def log_baseline(client, parent_id: str, assets: Assets) -> dict[str, float] | None:
-    """The base's figures on the parent run (``undefended_clean_acc``, ...); what it holds."""
-    if assets.baseline is None:
-        return None
-    logged = client.get_run(parent_id).data.metrics
-    values = {f"{BASELINE_PREFIX}{k}": float(v) for k, v in assets.baseline.metrics.items()
-              if k.endswith(("_acc", "_broke")) and f"{BASELINE_PREFIX}{k}" not in logged}
-    tracking.log_metrics(client, parent_id, values)
-    return dict(assets.baseline.metrics)
-
-
 def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str | None = None,
            storage: str | None = None, verbose: bool = False, callbacks: Sequence[tune.Callback] = ()) -> Outcome:
     """Run a new search. Every input is checked before anything is created. ``verbose``: Ray Tune's
     own per-trial tables, the workers' output and Ray's warnings, instead of one line per trial.
     ``callbacks``: more Ray Tune callbacks, beside the search's MLflow logger."""
     name = search.name or f"{search.trainable}-{time.strftime('%Y%m%d-%H%M%S')}"
-    search = search.replace(name=name)
     store = Storage.from_arg(storage)
     uri = tracking.resolve_tracking_uri(mlflow_uri)
+    # A fault from here on (not bad input) ends in one line (search.faults); --resume goes on from
+    # what was kept once the configuration is written.
+    with stopped_as(Where(name, store.folder(name), tracking.redact(uri)), lambda: store.exists(name, SEARCH_FILE)):
+        return _launch(search.replace(name=name), store, uri, address, verbose, callbacks)
+
+
+def _launch(search: SearchConfig, store: Storage, uri: str, address: str | None, verbose: bool,
+            callbacks: Sequence[tune.Callback]) -> Outcome:
+    name = search.name
 
     def new_search_store():
         client = tracking.connect(uri)
@@ -221,8 +228,13 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     Trials MLflow holds as FINISHED report that result instead of running again.
     """
     store = Storage.from_arg(storage)
-    folder = store.folder(name)
     uri = resume_tracking_uri(store, name, mlflow_uri)
+    with stopped_as(Where(name, store.folder(name), tracking.redact(uri)), lambda: True):
+        return _resume(name, store, uri, address, verbose)
+
+
+def _resume(name: str, store: Storage, uri: str, address: str | None, verbose: bool) -> Outcome:
+    folder = store.folder(name)
     client = tracking.connect(uri)
     stored = None
     if store.exists(name, SEARCH_FILE):
@@ -315,6 +327,10 @@ def _finish(tuner, search, assets, client, uri, experiment_id, parent_id, folder
     status = "FAILED"
     try:
         grid = tuner.fit()
+        # Trials Ray finished whose runs MLflow did not take (an earlier driver's writes refused or
+        # cut off by its end): written now from Ray's results, so each trial has one FINISHED run.
+        write_unwritten(TrialLogger(uri, experiment_id, parent_id, assets.base, max_iterations(search),
+                                    tracking.search_tags(search)), grid)
         rows = trial_rows(grid, max_iterations(search))
         audit_finalists(search, assets, client, experiment_id, parent_id, rows)
         summarize(client, parent_id, search, rows)

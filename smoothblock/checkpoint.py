@@ -9,6 +9,7 @@ Two formats:
 """
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import pickletools
@@ -31,16 +32,28 @@ FORMAT = "smoothblock/2"
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder and rename, so no half-file is left."""
+    """Write through a temporary file in the same folder and rename, so no half-file is left: a
+    full disk (or a killed process) leaves ``path`` as it was. A write that failed on a disk now
+    full raises OSError(ENOSPC) naming ``path`` (torch's zip writer says only "unexpected pos")."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and not isinstance(exc, OSError) and _disk_full(path.parent)
+        Path(tmp).unlink(missing_ok=True)  # frees what the half-file took: checked before
+        if full:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from exc
         raise
+
+
+def _disk_full(folder: Path) -> bool:
+    try:
+        return os.statvfs(folder).f_bavail == 0
+    except OSError:
+        return False
 
 
 def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], cfg: Config,

@@ -1,0 +1,176 @@
+"""A search stopped by a fault: what the user reads (one line), the exit status, and the log.
+
+A fault is not bad input (that is a ConfigError: one line, status 2, nothing created): the search
+had started, and what it measured is kept. :func:`diagnose` names the faults a user can act on
+from the exception and its causes: a full disk or one that refuses writes (naming the path: the
+MLflow store, the results folder, a checkpoint), the tracking store gone past MLflow's own
+retries, the Ray cluster gone. Anything else is reported the same way, by its first line. The
+full traceback goes to ``smoothblock-error.log`` in the search's results folder (or the temporary
+folder, when that one cannot take it); the line names the file and the command that continues.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import os
+import re
+import tempfile
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+from urllib.parse import urlsplit
+
+from smoothblock.errors import SmoothBlockError, first_line
+
+#: Exit statuses, from BSD's sysexits: the environment failed, not the input (2).
+EX_SOFTWARE, EX_UNAVAILABLE, EX_IOERR = 70, 69, 74
+LOG_FILE = "smoothblock-error.log"
+
+_FULL = ("No space left on device", "database or disk is full", "Disk quota exceeded")
+_READ_ONLY = ("Read-only file system", "Permission denied", "attempt to write a readonly database")
+_UNREACHABLE = ("Max retries exceeded", "Connection refused", "Failed to establish a new connection",
+                "Read timed out", "RemoteDisconnected")
+_CLUSTER_GONE = ("Failed to connect to GCS", "GCS has been unreachable", "Ray has not been started",
+                 "The node with node id", "RaySystemError", "ray client connection")
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What stopped a search, in the user's words, and the exit status that says so."""
+
+    what: str
+    status: int
+
+
+@dataclass(frozen=True)
+class Where:
+    """What a fault's line names: the search, its folder, its tracking store, how to resume."""
+
+    name: str
+    folder: str
+    tracking_uri: str
+    resumable: bool = True  # whether --resume has something to go on (the configuration was written)
+    resume_flags: str = ""  # --storage/--mlflow-uri as the user gave them
+
+
+class SearchStopped(Exception):
+    """A started search stopped by ``error``; ``where`` says what the user's line names."""
+
+    def __init__(self, where: Where, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.where, self.error = where, error
+
+
+@contextlib.contextmanager
+def stopped_as(where: Where, resumable: Callable[[], bool]) -> Iterator[None]:
+    """Within the block, a fault (anything but bad input or Ctrl-C) becomes :class:`SearchStopped`."""
+    try:
+        yield
+    except (SmoothBlockError, SearchStopped):
+        raise
+    except Exception as exc:
+        try:
+            can = resumable()
+        except Exception:  # noqa: BLE001 - the disk that failed may not even answer this
+            can = True
+        raise SearchStopped(dataclasses.replace(where, resumable=can), exc) from exc
+
+
+def _chain(exc: BaseException):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+def _store_path(uri: str) -> str:
+    parts = urlsplit(uri)
+    return uri[len("sqlite:///"):] if parts.scheme == "sqlite" else f"the tracking server's store ({uri})"
+
+
+def diagnose(exc: BaseException, where: Where) -> Fault:
+    """The fault behind ``exc`` (looking through its causes), named for the user."""
+    texts = []
+    for cause in _chain(exc):
+        text = str(cause)
+        texts.append(text)
+        if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT):
+            return Fault(f"the disk is full: {cause.filename or _guess_path(text, where)}", EX_IOERR)
+        if isinstance(cause, OSError) and cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return Fault(f"cannot write {cause.filename or _guess_path(text, where)}: {os.strerror(cause.errno)}",
+                         EX_IOERR)
+    joined = "\n".join(texts)
+    if any(marker in joined for marker in _FULL):
+        return Fault(f"the disk is full: {_guess_path(joined, where)}", EX_IOERR)
+    if any(marker in joined for marker in _READ_ONLY):
+        return Fault(f"cannot write {_guess_path(joined, where)}: it is read-only", EX_IOERR)
+    if where.tracking_uri.startswith(("http://", "https://")) and any(m in joined for m in _UNREACHABLE):
+        return Fault(f"the MLflow tracking server {where.tracking_uri} stopped answering (past MLflow's retries)",
+                     EX_UNAVAILABLE)
+    if any(marker in joined for marker in _CLUSTER_GONE):
+        return Fault("the Ray cluster is gone (its head node stopped answering)", EX_UNAVAILABLE)
+    return Fault(f"the search stopped: {type(exc).__name__}: {first_line(exc)}", EX_SOFTWARE)
+
+
+def _guess_path(text: str, where: Where) -> str:
+    """The path a full or read-only disk refused: the MLflow store when SQLite says so, else the
+    results folder."""
+    if "database" in text or "sqlite" in text.lower():
+        return f"{_store_path(where.tracking_uri)} (the MLflow store)"
+    return f"{where.folder} (the results folder)"
+
+
+def write_log(exc: BaseException, where: Where) -> str | None:
+    """The full traceback in the search's folder (or the temporary folder); its path, or None."""
+    text = "".join(traceback.format_exception(exc))
+    candidates = [Path(where.folder) / LOG_FILE] if "://" not in where.folder else []
+    candidates.append(Path(tempfile.gettempdir()) / f"smoothblock-{where.name}-error.log")
+    for path in candidates:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a", encoding="utf-8") as log:
+                log.write(text)
+            return str(path)
+        except OSError:
+            continue
+    return None
+
+
+def line(exc: BaseException, where: Where) -> tuple[str, int]:
+    """The one line a stopped search prints, and its exit status; the traceback written first."""
+    fault = diagnose(exc, where)
+    log = write_log(exc, where)
+    details = f" (traceback in {log})" if log else " (the traceback could not be written anywhere)"
+    if not where.resumable:
+        return f"smoothblock: error: {fault.what}; the search had not started: run the command again{details}", \
+            fault.status
+    resume = f"smoothblock search --resume {where.name}" + (f" {where.resume_flags}" if where.resume_flags else "")
+    return (f"smoothblock: error: {fault.what}; the finished trials are kept (Ray's results in {where.folder}, "
+            f"MLflow's runs); continue with: {resume}{details}"), fault.status
+
+
+_NODE_LOST = ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "its node has died", "node has died",
+              "The actor died unexpectedly", "RayActorError", "WorkerCrashedError")
+_OUT_OF_MEMORY = ("OutOfMemoryError", "running low on memory", "can't allocate memory", "CUDA out of memory",
+                  "MemoryError")
+
+
+def trial_cause(error: str) -> str:
+    """Why a trial failed, in a few words, from its error trace: its node lost (naming the node where
+    Ray says which), memory exhausted, or the error's last line."""
+    if any(marker in error for marker in _OUT_OF_MEMORY):
+        return "out of memory" + _node(error)
+    if any(marker in error for marker in _NODE_LOST):
+        return "its node was lost" + _node(error)
+    lines = [text.strip() for text in error.strip().splitlines() if text.strip()]
+    return lines[-1][:300] if lines else "failed without an error message"
+
+
+def _node(error: str) -> str:
+    found = re.search(r"(?:node (?:id|ID)|NodeID|Node ID)[:= ]+([0-9a-f]{8,})", error, re.IGNORECASE)
+    address = re.search(r"\b(\d{1,3}(?:\.\d{1,3}){3})\b", error)
+    named = [f"node {found.group(1)[:12]}" if found else "", f"at {address.group(1)}" if address else ""]
+    return f" ({' '.join(n for n in named if n)})" if any(named) else ""
