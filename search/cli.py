@@ -68,12 +68,9 @@ def add_search_commands(sub) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from . import faults, tuner  # noqa: F401 - tuner first: it sets MLflow's logger to WARNING
+    from tqdm import tqdm
 
-    if not args.verbose:  # MLflow's own error reports of a refused write, urllib3's of each retry:
-        # the search says it once
-        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
-        logging.getLogger("urllib3").setLevel(logging.ERROR)
+    from . import faults
 
     try:
         return _search(args)
@@ -82,8 +79,6 @@ def run_search(args: argparse.Namespace) -> int:
         # --resume finds the tracking store in the results folder's state file; only that folder is needed.
         where = dataclasses.replace(stopped.where, resume_flags=f"--storage {args.storage}" if args.storage else "")
         message, status = faults.line(stopped.error, where)
-        from tqdm import tqdm
-
         for bar in list(tqdm._instances):  # the progress bar, closed above the line (not redrawn after it)
             bar.close()
         print(message, file=sys.stderr)
@@ -96,6 +91,11 @@ def _search(args: argparse.Namespace) -> int:
     from . import tuner
     from .report import print_summary
 
+    if not args.verbose:
+        # MLflow's own reports of a refused write and urllib3's of each retry: the search says it
+        # once. (After tuner's import, which sets MLflow's logger to WARNING.)
+        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
     if args.resume:
         given = (args.preset, args.config, args.data, *(getattr(args, name) for name in FLAGS))
         if any(value is not None for value in given):
