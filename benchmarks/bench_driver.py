@@ -2,8 +2,8 @@
 
 Every trial, however many GPU workers run them, passes through the one driver: Optuna proposes it
 (TPE, whose cost grows with the trials it has seen) and learns its result; the MLflow logger
-creates its run (tags and configuration in the one request, which the driver waits for), then its
-writer threads log its parameters and reports in one batch and close it. When the workers
+creates its run (tags and configuration in the one request), logs its parameters and reports in
+one batch and closes it. When the workers
 together finish trials faster than the driver handles them, the driver is the bottleneck; this
 measures where.
 
@@ -14,8 +14,8 @@ Protocol: the ``posthoc`` preset's search (its space, TPE sampler, seed 0).
 2. MLflow: the search's own ``TrialLogger`` (Tune callback) for ``--mlflow_trials`` trials of 5
    reports each (the preset's chunks), against a real ``mlflow server`` on 127.0.0.1 (sqlite
    backend) and against a local sqlite store: the wall time from the first trial's start until
-   every trial's writes have landed (the writer threads' queue sent), per trial, and trials an
-   hour at that cost; beside it the median time a trial's callbacks keep the driver waiting.
+   every trial's writes have landed, per trial, and trials an hour at that cost; beside it the
+   median time a trial's callbacks keep the driver waiting.
 
 Run: python benchmarks/bench_driver.py [--trials 1000] [--mlflow_trials 50] [--json OUT]
      python benchmarks/bench_driver.py --smoke   (a few trials: it runs, no figures)
@@ -95,7 +95,7 @@ def mlflow_costs(uri: str, trials: int, reports: int = 5) -> tuple[float, float]
             logger.on_trial_result(0, [trial], trial, result)
         logger.on_trial_complete(0, [trial], trial)
         seconds.append(time.perf_counter() - started)
-    logger.flush()  # the writer threads' queue, sent
+    logger.flush()  # what the store refused once, sent again
     return round(statistics.median(seconds), 4), round((time.perf_counter() - began) / trials, 4)
 
 

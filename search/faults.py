@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 from smoothblock.errors import SmoothBlockError, first_line
 
 #: Exit statuses, from BSD's sysexits: the environment failed, not the input (2).
-EX_SOFTWARE, EX_UNAVAILABLE, EX_IOERR = 70, 69, 74
+EX_SOFTWARE, EX_UNAVAILABLE, EX_OSERR, EX_IOERR = 70, 69, 71, 74
 LOG_FILE = "smoothblock-error.log"
 
 _FULL = ("No space left on device", "database or disk is full", "Disk quota exceeded")
@@ -110,6 +110,9 @@ def diagnose(exc: BaseException, where: Where) -> Fault:
     if where.tracking_uri.startswith(("http://", "https://")) and any(m in joined for m in _UNREACHABLE):
         return Fault(f"the MLflow tracking server {where.tracking_uri} stopped answering (past MLflow's retries)",
                      EX_UNAVAILABLE)
+    if any(marker in joined for marker in _OUT_OF_MEMORY):
+        return Fault(f"a node ran out of memory{_node(joined)} (fewer trials at once, a smaller attack_rows, "
+                     "or nodes with more memory)", EX_OSERR)
     if any(marker in joined for marker in _CLUSTER_GONE):
         return Fault("the Ray cluster is gone (its head node stopped answering)", EX_UNAVAILABLE)
     return Fault(f"the search stopped: {type(exc).__name__}: {first_line(exc)}", EX_SOFTWARE)

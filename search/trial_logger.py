@@ -7,9 +7,9 @@ thread: the run id comes back); its params and reports wait on the driver and ar
 together by the first report that comes ``FLUSH_SECONDS`` or more after the run's last write, and
 always before the run is marked FINISHED or FAILED (one request for a trial whose reports come
 faster than that, as post-hoc chunks do on a GPU; one a report for slower ones, as training
-epochs); its end sets the status (one). Every write after the creation is sent by
-:class:`~search.ordered_writes.OrderedWrites`' threads, in order within the run, while the driver
-goes on; the search's end waits for them all. The runs a resumed driver must find again are read
+epochs); its end sets the status (one). Every write after the creation goes through
+:class:`~search.ordered_writes.OrderedWrites`: one the store refuses is kept and sent again with the
+run's next write, the run's later ones after it, and the driver goes on. The runs a resumed driver must find again are read
 once, not searched for per trial. A driver killed between flushes loses the last seconds of
 reports of trials that were still running, which a resumed search runs again; a FINISHED run
 always holds every figure. (MLflow's asynchronous logging was tried: its queue flushes about once
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -69,20 +68,16 @@ class TrialLogger(tune.Callback):
         self._metrics: dict[str, list[Metric]] = {}  # run id -> reported metrics not yet written
         self._written: dict[str, float] = {}  # run id -> when its last write (or its creation) was
         self._writes: OrderedWrites | None = None
-        self._lock = threading.Lock()  # _params and _metrics: the writer threads take from them
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks with the experiment state
         # What this driver holds of MLflow is read again by the next one; only the settings travel.
         return {**self.__dict__, "tracking_uri": redact(self.tracking_uri), "_client": None, "_runs": {},
                 "_done": set(), "_logged": {}, "_before": None, "_by_trial": {}, "_lost": None, "_params": {},
-                "_metrics": {}, "_written": {}, "_writes": None, "_lock": None}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state, _lock=threading.Lock())
+                "_metrics": {}, "_written": {}, "_writes": None}
 
     @property
     def writes(self) -> OrderedWrites:
-        """The writer threads (started with the first write)."""
+        """The run writes, in order, kept when refused."""
         if self._writes is None:
             self._writes = OrderedWrites()
         return self._writes
@@ -118,16 +113,14 @@ class TrialLogger(tune.Callback):
                     self.client.update_run(run_id, status="RUNNING")
                 self._logged[run_id] = last_step(self.client, run_id)
                 if not found.data.params:  # its driver died before the first write
-                    with self._lock:
-                        self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
+                    self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
         else:
             run = self.client.create_run(self.experiment_id, run_name=run_label(cfg),
                                          tags={PARENT_TAG: self.parent_id, TRIAL_TAG: trial.trial_id,
                                                ROLE_TAG: "trial", SAMPLED_TAG: json.dumps(trial.config, sort_keys=True),
                                                CONFIG_TAG: cfg.to_yaml(), **self.tags})
             run_id = run.info.run_id
-            with self._lock:
-                self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
+            self._params[run_id] = [Param(k, v[:6000]) for k, v in config_params(cfg).items()]
             self._written[run_id] = time.monotonic()
         self._runs[trial.trial_id] = run_id
         return run_id
@@ -145,15 +138,14 @@ class TrialLogger(tune.Callback):
         return found
 
     def _flush(self, run_id: str) -> None:
-        """Queue the writing of the run's params and reports held so far."""
+        """Write the run's params and reports held so far."""
         self._written[run_id] = time.monotonic()
         self.writes.submit(run_id, self._send_held, run_id)
 
     def _send_held(self, run_id: str) -> None:
-        """(A writer thread.) The run's params and reports not yet written, in as few requests as
-        MLflow's batch limits allow (one, for a trial's configuration and its five reports)."""
-        with self._lock:
-            params, metrics = self._params.pop(run_id, []), self._metrics.pop(run_id, [])
+        """The run's params and reports not yet written, in as few requests as MLflow's batch limits
+        allow (one, for a trial's configuration and its five reports)."""
+        params, metrics = self._params.pop(run_id, []), self._metrics.pop(run_id, [])
         while params or metrics:
             # At most 100 params and 1,000 items in all per batch.
             batch_params, batch_metrics = params[:100], metrics[:1000 - len(params[:100])]
@@ -162,14 +154,13 @@ class TrialLogger(tune.Callback):
             except Exception:
                 # Kept for the next write (a later report, the trial's end), not lost with the
                 # request; ahead of what the driver held meanwhile.
-                with self._lock:
-                    self._params[run_id] = params + self._params.get(run_id, [])
-                    self._metrics[run_id] = metrics + self._metrics.get(run_id, [])
+                self._params[run_id] = params + self._params.get(run_id, [])
+                self._metrics[run_id] = metrics + self._metrics.get(run_id, [])
                 raise
             params, metrics = params[len(batch_params):], metrics[len(batch_metrics):]
 
     def _end(self, run_id: str, status: str) -> None:
-        """(A writer thread.) Every figure, then the status that says the run is complete."""
+        """Every figure, then the status that says the run is complete."""
         self._send_held(run_id)
         self.client.set_terminated(run_id, status=status)
 
@@ -178,10 +169,8 @@ class TrialLogger(tune.Callback):
             self.client.log_artifacts(run_id, folder, "checkpoint")
 
     def flush(self) -> None:
-        """Write everything held and queued; raise the first write that failed twice."""
-        with self._lock:
-            held = set(self._params) | set(self._metrics)
-        for run_id in held:
+        """Write everything held, and once more what was refused; raise the first error left."""
+        for run_id in set(self._params) | set(self._metrics):
             self._flush(run_id)
         if self._writes is not None:
             self._writes.drain()
@@ -198,8 +187,7 @@ class TrialLogger(tune.Callback):
         metrics = [Metric(k, float(v), now or 0, step) for k, v in result.items()
                    if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
                    and math.isfinite(v)]
-        with self._lock:
-            self._metrics.setdefault(run_id, []).extend(metrics)
+        self._metrics.setdefault(run_id, []).extend(metrics)
         self._logged[run_id] = step
         if time.monotonic() - self._written.get(run_id, 0.0) >= FLUSH_SECONDS:
             self._flush(run_id)

@@ -83,7 +83,7 @@ def _node_of(cluster: Cluster, pid: int):
 
 
 def test_a_worker_node_killed_mid_trial_resumes_the_trial_from_its_checkpoint_on_another_node(
-        tmp_path, more_images, mlflow_server, cluster):
+        tmp_path, more_images, mlflow_server, cluster, capfd):
     storage = tmp_path / "results"
     config = _write(tmp_path / "train.yaml", {
         "trainable": "train", "model": None, "trials": 2, "val_images": 20, "attacks": ["fgsm"], "audit_top": 0,
@@ -118,6 +118,13 @@ def test_a_worker_node_killed_mid_trial_resumes_the_trial_from_its_checkpoint_on
         ray.shutdown()
     assert killed, "no trial checkpointed on a worker node"
     assert len(cluster.worker_nodes) == 1  # the trial finished on the node that was left
+    # What the user read: the lost node in one trial line, nothing of Ray's (no traceback, no
+    # raylet message or state dump, no actor error, no C++ log line).
+    out, err = capfd.readouterr()
+    assert f"trial {killed['trial_id']}: " in out and "(retried: its node was lost" in out, out
+    for internal in ("Traceback", "[state-dump]", "(raylet", "(autoscaler", "ActorDiedError", "ActorUnavailableError",
+                     "RayActorError", ".cc:"):
+        assert internal not in out + err, (internal, (out + err)[-4000:])
 
     trials = tune.ExperimentAnalysis(str(storage / "nodes")).trials
     assert len(trials) == 2 and {t.status for t in trials} == {"TERMINATED"}

@@ -85,7 +85,8 @@ def _after_first_trial(driver: subprocess.Popen, timeout: float = 300) -> list[s
     raise AssertionError(f"no trial finished: {''.join(lines)}{driver.stderr.read()[-3000:]}")
 
 
-def _stopped_in_one_line(driver: subprocess.Popen, before: list[str], status: int, fault: str, name: str) -> str:
+def _stopped_in_one_line(driver: subprocess.Popen, before: list[str], status: int, fault: str, name: str,
+                         started: bool = True) -> str:
     """The driver's end: ``status``, no traceback anywhere, and a last line naming ``fault``, the
     resume command and the traceback log (which exists); that line."""
     out, err = driver.communicate(timeout=300)
@@ -94,7 +95,8 @@ def _stopped_in_one_line(driver: subprocess.Popen, before: list[str], status: in
     assert "Traceback" not in text and "[state-dump]" not in text, text[-4000:]
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"smoothblock: error: {fault}"), text[-4000:]
-    assert f"continue with: smoothblock search --resume {name}" in last, last
+    way_on = f"continue with: smoothblock search --resume {name}" if started else "run the command again"
+    assert way_on in last, last
     log = re.search(r"traceback in (\S+)\)$", last).group(1)
     assert "Traceback" in Path(log).read_text()
     return last
@@ -234,3 +236,15 @@ def test_a_write_that_fails_half_way_leaves_the_old_checkpoint(tmp_path, monkeyp
     with pytest.raises(OSError):
         checkpoint.save_training_state(path, {"epoch": 2})
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_memory_exhausted_on_a_node_ends_in_one_line(tmp_path, image_folder, ray_home):
+    """Ray's memory monitor kills a worker when its node runs out of memory: here a node whose
+    threshold is already passed (``RAY_memory_usage_threshold``), so the first task (the base's
+    scoring, with an empty cache) is killed, and not retried (``RAY_task_oom_retries``)."""
+    driver = _start(["--config", _config(tmp_path, image_folder, 2), "--name", "out-of-memory",
+                     "--mlflow-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--storage", str(tmp_path / "results")],
+                    ray_home, SMOOTHBLOCK_CACHE=str(tmp_path / "cache"), RAY_memory_usage_threshold="0.01",
+                    RAY_memory_monitor_refresh_ms="50", RAY_task_oom_retries="0")
+    line = _stopped_in_one_line(driver, [], 71, "a node ran out of memory", "out-of-memory", started=False)
+    assert "fewer trials at once" in line
