@@ -156,7 +156,9 @@ def line(exc: BaseException, where: Where) -> tuple[str, int]:
 
 
 _NODE_LOST = ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "its node has died", "node has died",
-              "The actor died unexpectedly", "RayActorError", "WorkerCrashedError")
+              "The actor died unexpectedly", "RayActorError", "WorkerCrashedError",
+              # What the trial's error file holds when its node went without a word (no class name):
+              "The actor is temporarily unavailable", "RpcError: RPC error: Socket closed")
 _OUT_OF_MEMORY = ("OutOfMemoryError", "running low on memory", "can't allocate memory", "CUDA out of memory",
                   "MemoryError")
 
