@@ -75,17 +75,17 @@ def init_ray(address: str | None, verbose: bool = False) -> None:
     ``verbose``, the workers' output and Ray's warnings stay out of the terminal (trial errors are
     still reported, and recorded in MLflow)."""
     if not verbose:
-        # Tune's error reports (a failed trial's traceback, a lost node's) are CRITICAL-less ERRORs:
-        # the trial lines say what failed and why (search.progress), MLflow keeps the trace.
+        # Tune reports a failed trial (its traceback, a lost node's) as ERROR records: the trial
+        # lines say what failed and why (search.progress), and MLflow keeps the trace.
         for name in ("ray", "ray.tune", "ray.train"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
-        # What the raylets and the autoscaler publish to the driver (a dead worker's message, a
-        # node's state dump, "(autoscaler +3s) ..." lines) is printed by Ray's driver-side listener,
-        # not through logging; this one switch (what Ray's debugger uses to pause the same output)
-        # turns it off. Private: a Ray without it is caught by test_cluster's no-internals check.
-        import ray._private.worker as ray_worker
+    # What the raylets and the autoscaler publish to the driver (a dead worker's message, a node's
+    # state dump, "(autoscaler +3s) ..." lines) is printed by Ray's driver-side listener, not
+    # through logging; this one switch (what Ray's debugger uses to pause the same output) turns it
+    # off. Private: a Ray without it is caught by test_cluster's no-internals check.
+    import ray._private.worker as ray_worker
 
-        ray_worker._worker_logs_enabled = False
+    ray_worker._worker_logs_enabled = verbose
     # Tune's newer output prints its experiment table even at verbose 0; the older one is silent.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if verbose else "0"
     if ray.is_initialized():
