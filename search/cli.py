@@ -7,7 +7,6 @@ Bad input ends with one line on stderr and exit status 2, before anything is cre
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -68,19 +67,14 @@ def add_search_commands(sub) -> None:
 
 
 def run_search(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from . import faults
 
     try:
         return _search(args)
     except faults.SearchStopped as stopped:
         # The fault in one line naming the way on; its traceback in the log file the line names.
-        # --resume finds the tracking store in the results folder's state file; only that folder is needed.
-        where = dataclasses.replace(stopped.where, resume_flags=f"--storage {args.storage}" if args.storage else "")
-        message, status = faults.line(stopped.error, where)
-        for bar in list(tqdm._instances):  # the progress bar, closed above the line (not redrawn after it)
-            bar.close()
+        message, status = faults.line(stopped.error, stopped.where)
+        faults.close_progress_bars()
         print(message, file=sys.stderr)
         return status
 

@@ -15,7 +15,11 @@ import dataclasses
 import errno
 import os
 import re
+import socket
+import sys
 import tempfile
+import threading
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +56,14 @@ class Where:
     folder: str
     tracking_uri: str
     resumable: bool = True  # whether --resume has something to go on (the configuration was written)
-    resume_flags: str = ""  # --storage/--mlflow-uri as the user gave them
+    resume_flags: str = ""  # what --resume needs besides the name
+
+    @classmethod
+    def of(cls, name: str, folder: str, tracking_uri: str, storage: str | None, address: str | None) -> Where:
+        # --resume finds the tracking store in the results folder's state file: the folder and the
+        # cluster are what it needs.
+        flags = [f"--storage {storage}" if storage else "", f"--address {address}" if address else ""]
+        return cls(name, folder, tracking_uri, resume_flags=" ".join(f for f in flags if f))
 
 
 class SearchStopped(Exception):
@@ -126,9 +137,10 @@ def _guess_path(text: str, where: Where) -> str:
     return f"{where.folder} (the results folder)"
 
 
-def write_log(exc: BaseException, where: Where) -> str | None:
-    """The full traceback in the search's folder (or the temporary folder); its path, or None."""
-    text = "".join(traceback.format_exception(exc))
+def write_log(exc: BaseException, where: Where, more: str = "") -> str | None:
+    """The full traceback (and ``more``) in the search's folder (or the temporary folder); its
+    path, or None."""
+    text = "".join(traceback.format_exception(exc)) + more
     candidates = [Path(where.folder) / LOG_FILE] if "://" not in where.folder else []
     candidates.append(Path(tempfile.gettempdir()) / f"smoothblock-{where.name}-error.log")
     for path in candidates:
@@ -142,10 +154,11 @@ def write_log(exc: BaseException, where: Where) -> str | None:
     return None
 
 
-def line(exc: BaseException, where: Where) -> tuple[str, int]:
-    """The one line a stopped search prints, and its exit status; the traceback written first."""
+def line(exc: BaseException, where: Where, more: str = "") -> tuple[str, int]:
+    """The one line a stopped search prints, and its exit status; the traceback (and ``more``)
+    written first."""
     fault = diagnose(exc, where)
-    log = write_log(exc, where)
+    log = write_log(exc, where, more)
     details = f" (traceback in {log})" if log else " (the traceback could not be written anywhere)"
     if not where.resumable:
         return f"smoothblock: error: {fault.what}; the search had not started: run the command again{details}", \
@@ -179,3 +192,45 @@ def _node(error: str) -> str:
     address = re.search(r"\b(\d{1,3}(?:\.\d{1,3}){3})\b", error)
     named = [f"node {found.group(1)[:12]}" if found else "", f"at {address.group(1)}" if address else ""]
     return f" ({' '.join(n for n in named if n)})" if any(named) else ""
+
+
+def watch_head(gcs_address: str, where: Where, every: float = 2.0, misses: int = 3) -> threading.Thread:
+    """A thread that ends the process in one line when the cluster's head (its GCS at
+    ``gcs_address``, HOST:PORT) stops taking connections ``misses`` times in a row: Ray's own end
+    for a driver whose GCS is gone is a C++ log line and exit status 1, a minute later."""
+    host, _, port = gcs_address.rpartition(":")
+
+    def watch() -> None:
+        missed = 0
+        while True:
+            time.sleep(every)
+            try:
+                socket.create_connection((host, int(port)), timeout=every).close()
+                missed = 0
+            except OSError:
+                missed += 1
+            if missed >= misses:
+                gone = ConnectionError(f"Failed to connect to GCS at {gcs_address} ({misses} tries, {every:g} s apart)")
+                text, status = line(gone, where, _stacks())
+                close_progress_bars()
+                print(text, file=sys.stderr, flush=True)
+                os._exit(status)  # Ray's threads would otherwise end the process their own way
+
+    thread = threading.Thread(target=watch, name="watch-head", daemon=True)
+    thread.start()
+    return thread
+
+
+def _stacks() -> str:
+    """Where each of the driver's threads was (what a traceback would have shown)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return "".join(f"\nThread {names.get(ident, ident)}:\nTraceback (most recent call last):\n"
+                   + "".join(traceback.format_stack(frame)) for ident, frame in sys._current_frames().items())
+
+
+def close_progress_bars() -> None:
+    """Close the progress bar above a fault's line (not redrawn after it)."""
+    from tqdm import tqdm
+
+    for bar in list(tqdm._instances):
+        bar.close()

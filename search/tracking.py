@@ -80,6 +80,19 @@ def log_metrics(client: MlflowClient, run_id: str, values: dict[str, float], ste
         client.log_batch(run_id, metrics=items[i:i + 1000])
 
 
+def connect_new(uri: str, name: str, folder_exists: bool) -> MlflowClient:
+    """A client for a new search named ``name`` (ConfigError when MLflow, or the results folder,
+    already holds one of that name)."""
+    client = connect(uri)
+    existing = client.get_experiment_by_name(name)
+    if existing is not None and existing.lifecycle_stage != "active":
+        raise ConfigError(f"MLflow holds a deleted experiment named {name!r}; choose another --name "
+                          "(or purge it with `mlflow gc`)")
+    if existing is not None or folder_exists:
+        raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
+    return client
+
+
 def find_experiment(client: MlflowClient, name: str):
     experiment = client.get_experiment_by_name(name)
     return experiment if experiment is not None and experiment.lifecycle_stage == "active" else None

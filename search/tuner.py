@@ -27,7 +27,7 @@ from trainables.scoring import SCHEDULER_METRIC
 
 from . import plots, tracking
 from .progress import TrialLines
-from .faults import Where, stopped_as
+from .faults import Where, stopped_as, watch_head
 from .overlap import side_by_side
 from .searcher import make_searcher, replaying
 from .config import SearchConfig
@@ -58,16 +58,20 @@ def _load_assets(search: SearchConfig, weights=None) -> Assets:
                        search.attack_settings(), search.search_seed, weights)
 
 
-def _start(address: str | None, verbose: bool, *steps) -> list[Any]:
+def _start(address: str | None, verbose: bool, where: Where, *steps) -> list[Any]:
     """Ray's start (or connection) and ``steps`` side by side (:func:`side_by_side`); the steps'
-    results. A search that cannot start stops the local Ray it started."""
+    results. A search that cannot start stops the local Ray it started; one on a cluster ends in
+    one line if the cluster's head goes (:func:`search.faults.watch_head`)."""
     started = not ray.is_initialized()
     try:
-        return side_by_side(lambda: init_ray(address, verbose), *steps)[1:]
+        results = side_by_side(lambda: init_ray(address, verbose), *steps)[1:]
     except BaseException:
         if started and ray.is_initialized():
             ray.shutdown()
         raise
+    if address is not None:
+        watch_head(ray.get_runtime_context().gcs_address, where)
+    return results
 
 
 def init_ray(address: str | None, verbose: bool = False) -> None:
@@ -174,28 +178,20 @@ def launch(search: SearchConfig, *, address: str | None = None, mlflow_uri: str 
     uri = tracking.resolve_tracking_uri(mlflow_uri)
     # A fault from here on (not bad input) ends in one line (search.faults); --resume goes on from
     # what was kept once the configuration is written.
-    with stopped_as(Where(name, store.folder(name), tracking.redact(uri)), lambda: store.exists(name, SEARCH_FILE)):
-        return _launch(search.replace(name=name), store, uri, address, verbose, callbacks)
+    where = Where.of(name, store.folder(name), tracking.redact(uri), storage, address)
+    with stopped_as(where, lambda: store.exists(name, SEARCH_FILE)):
+        return _launch(search.replace(name=name), store, uri, address, verbose, callbacks, where)
 
 
 def _launch(search: SearchConfig, store: Storage, uri: str, address: str | None, verbose: bool,
-            callbacks: Sequence[tune.Callback]) -> Outcome:
+            callbacks: Sequence[tune.Callback], where: Where) -> Outcome:
     name = search.name
-
-    def new_search_store():
-        client = tracking.connect(uri)
-        existing = client.get_experiment_by_name(name)
-        if existing is not None and existing.lifecycle_stage != "active":
-            raise ConfigError(f"MLflow holds a deleted experiment named {name!r}; choose another --name "
-                              "(or purge it with `mlflow gc`)")
-        if existing is not None or store.exists(name):
-            raise ConfigError(f"a search named {name!r} already exists; pass --resume {name} or choose another --name")
-        return client
 
     # The weights are checked first (a file that is not a checkpoint starts nothing); then the
     # tracking store, the images and Ray come up at once.
     weights = load_weights(search.base, search.model)
-    client, assets = _start(address, verbose, new_search_store, lambda: _load_assets(search, weights))
+    client, assets = _start(address, verbose, where, lambda: tracking.connect_new(uri, name, store.exists(name)),
+                            lambda: _load_assets(search, weights))
     concurrent = search.max_concurrent_trials or check_resources(search)
     assets = score_baseline(search, assets)
     # The configuration is written first: a driver killed from here on leaves a search --resume completes.
@@ -229,11 +225,12 @@ def resume(name: str, *, address: str | None = None, mlflow_uri: str | None = No
     """
     store = Storage.from_arg(storage)
     uri = resume_tracking_uri(store, name, mlflow_uri)
-    with stopped_as(Where(name, store.folder(name), tracking.redact(uri)), lambda: True):
-        return _resume(name, store, uri, address, verbose)
+    where = Where.of(name, store.folder(name), tracking.redact(uri), storage, address)
+    with stopped_as(where, lambda: True):
+        return _resume(name, store, uri, address, verbose, where)
 
 
-def _resume(name: str, store: Storage, uri: str, address: str | None, verbose: bool) -> Outcome:
+def _resume(name: str, store: Storage, uri: str, address: str | None, verbose: bool, where: Where) -> Outcome:
     folder = store.folder(name)
     client = tracking.connect(uri)
     stored = None
@@ -255,7 +252,7 @@ def _resume(name: str, store: Storage, uri: str, address: str | None, verbose: b
     if not store.exists(name, STATE_FILE):
         write_state_file(store, name, uri, experiment_id, parent_id)
     weights = load_weights(search.base, search.model)
-    (assets,) = _start(address, verbose, lambda: _load_assets(search, weights))
+    (assets,) = _start(address, verbose, where, lambda: _load_assets(search, weights))
     concurrent = search.max_concurrent_trials or check_resources(search)
     assets = score_baseline(search, assets)
     baseline = log_baseline(client, parent_id, assets)

@@ -14,6 +14,7 @@ import errno
 import os
 import re
 import signal
+import socket as socket_module
 import subprocess
 import sys
 import time
@@ -248,3 +249,40 @@ def test_memory_exhausted_on_a_node_ends_in_one_line(tmp_path, image_folder, ray
                     RAY_memory_monitor_refresh_ms="50", RAY_task_oom_retries="0")
     line = _stopped_in_one_line(driver, [], 71, "a node ran out of memory", "out-of-memory", started=False)
     assert "fewer trials at once" in line
+
+
+def _head(port: int, ray_home: Path) -> subprocess.Popen:
+    """A one-CPU Ray head on ``port`` in a process group of its own (so it can be killed whole)."""
+    head = subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", "--head", f"--port={port}",
+                             "--num-cpus=1", "--include-dashboard=false", "--block"],
+                            env={**os.environ, "HOME": str(ray_home)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(OSError):
+            socket_module.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(3)  # the raylet after the GCS
+            return head
+        time.sleep(0.5)
+    _stop(head)
+    raise RuntimeError("the Ray head did not start")
+
+
+def test_the_clusters_head_gone_ends_in_one_line_and_resumes_on_a_new_head(tmp_path, image_folder, ray_home):
+    trials, name, port = 5, "cluster-gone", free_port()
+    uri, storage, address = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "results", f"127.0.0.1:{port}"
+    head = _head(port, ray_home)
+    try:
+        driver = _start(["--config", _config(tmp_path, image_folder, trials, eot_steps=200), "--name", name,
+                         "--mlflow-uri", uri, "--storage", str(storage), "--address", address], ray_home)
+        before = _after_first_trial(driver)
+        _stop(head)  # the head node's processes, all at once, without grace
+        line = _stopped_in_one_line(driver, before, 69, "the Ray cluster is gone", name)
+        assert f"--storage {storage} --address {address}" in line
+        head = _head(port, ray_home)  # a new head where the old one was
+        resumed = _start(["--resume", name, "--storage", str(storage), "--address", address], ray_home)
+        out, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err[-3000:]
+        _each_trial_finished_once(uri, name, trials)
+    finally:
+        _stop(head)
