@@ -19,7 +19,6 @@ import socket
 import sys
 import tempfile
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,9 +73,15 @@ class SearchStopped(Exception):
         self.where, self.error = where, error
 
 
+#: The head watches (:func:`watch_head`) of the search running in this process: stopped when it
+#: returns, since a process that goes on (a notebook, the tests) may shut the cluster down later.
+_WATCHES: list[threading.Event] = []
+
+
 @contextlib.contextmanager
 def stopped_as(where: Where, resumable: Callable[[], bool]) -> Iterator[None]:
-    """Within the block, a fault (anything but bad input or Ctrl-C) becomes :class:`SearchStopped`."""
+    """Within the block, a fault (anything but bad input or Ctrl-C) becomes :class:`SearchStopped`;
+    at its end, the head watches started within stop."""
     try:
         yield
     except (SmoothBlockError, SearchStopped):
@@ -87,6 +92,9 @@ def stopped_as(where: Where, resumable: Callable[[], bool]) -> Iterator[None]:
         except Exception:  # noqa: BLE001 - the disk that failed may not even answer this
             can = True
         raise SearchStopped(dataclasses.replace(where, resumable=can), exc) from exc
+    finally:
+        while _WATCHES:
+            _WATCHES.pop().set()
 
 
 def _chain(exc: BaseException):
@@ -194,31 +202,35 @@ def _node(error: str) -> str:
     return f" ({' '.join(n for n in named if n)})" if any(named) else ""
 
 
-def watch_head(gcs_address: str, where: Where, every: float = 2.0, misses: int = 3) -> threading.Thread:
+def watch_head(gcs_address: str, where: Where, every: float = 2.0, misses: int = 3) -> threading.Event:
     """A thread that ends the process in one line when the cluster's head (its GCS at
     ``gcs_address``, HOST:PORT) stops taking connections ``misses`` times in a row: Ray's own end
-    for a driver whose GCS is gone is a C++ log line and exit status 1, a minute later."""
+    for a driver whose GCS is gone is a C++ log line and exit status 1, a minute later. Returns the
+    event that stops the watch (set it when the search is over); it stops by itself once Ray is
+    shut down."""
+    import ray
+
     host, _, port = gcs_address.rpartition(":")
+    stop = threading.Event()
 
     def watch() -> None:
         missed = 0
-        while True:
-            time.sleep(every)
+        while not stop.wait(every) and ray.is_initialized():
             try:
                 socket.create_connection((host, int(port)), timeout=every).close()
                 missed = 0
             except OSError:
                 missed += 1
-            if missed >= misses:
+            if missed >= misses and not stop.is_set():
                 gone = ConnectionError(f"Failed to connect to GCS at {gcs_address} ({misses} tries, {every:g} s apart)")
                 text, status = line(gone, where, _stacks())
                 close_progress_bars()
                 print(text, file=sys.stderr, flush=True)
                 os._exit(status)  # Ray's threads would otherwise end the process their own way
 
-    thread = threading.Thread(target=watch, name="watch-head", daemon=True)
-    thread.start()
-    return thread
+    threading.Thread(target=watch, name="watch-head", daemon=True).start()
+    _WATCHES.append(stop)
+    return stop
 
 
 def _stacks() -> str:
