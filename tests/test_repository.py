@@ -133,3 +133,14 @@ def test_no_file_is_over_400_lines_and_no_function_over_60_lines(package):
                 if lines > 60:
                     long.append(f"{path.relative_to(ROOT)}:{node.name} ({lines} lines)")
     assert not long, "split these: " + "; ".join(long)
+
+
+def test_every_test_the_reliability_table_names_exists():
+    """docs/reliability.md's fault table names, per row, the test that makes the fault happen."""
+    import re
+
+    text = (ROOT / "docs" / "reliability.md").read_text()
+    named = set(re.findall(r"`(?:tests/\w+\.py::)?(test_\w+)`", text))
+    defined = {m for path in (ROOT / "tests").glob("test_*.py")
+               for m in re.findall(r"^def (test_\w+)\(", path.read_text(), re.MULTILINE)}
+    assert len(named) >= 8 and named <= defined, named - defined
