@@ -20,8 +20,8 @@ from smoothblock.errors import ConfigError
 from smoothblock.recipes import resolve_recipe
 from trainables import audit_defense, load_assets, posthoc_trial, training_trial, undefended_score
 from trainables.assets import Assets, load_weights
-from trainables.baseline import Baseline, gains, store_cached
-from trainables.posthoc import cached_undefended, undefended_key
+from trainables.baseline import Baseline, gains, load_cached, store_cached
+from trainables.posthoc import undefended_key
 from trainables.recorded import Recorded
 from trainables.scoring import SCHEDULER_METRIC
 
@@ -153,13 +153,13 @@ def score_baseline(search: SearchConfig, assets: Assets) -> Assets:
     if search.trainable != "posthoc" or assets.state_dict is None:
         return assets
     on_gpu = search.gpus_per_trial > 0 and assets.base.device != "cpu"
-    device = torch.device("cuda" if on_gpu else "cpu")
-    baseline = cached_undefended(search, assets, device)
+    key = undefended_key(search, assets, torch.device("cuda" if on_gpu else "cpu"))
+    baseline = load_cached(key, assets.base.cache_dir)
     if baseline is None:
         cpus = search.cpus_per_trial if on_gpu else max(search.cpus_per_trial, _largest_node_cpus())
         task = ray.remote(undefended_score).options(num_cpus=cpus, num_gpus=search.gpus_per_trial)
         baseline = ray.get(task.remote(search, assets, threads=None if on_gpu else max(1, int(cpus))))
-        store_cached(undefended_key(search, assets, device), assets.base.cache_dir, baseline)
+        store_cached(key, assets.base.cache_dir, baseline)
     return dataclasses.replace(assets, baseline=baseline)
 
 

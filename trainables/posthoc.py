@@ -99,18 +99,13 @@ def undefended_key(search: Scoring, assets: Assets, device: torch.device) -> str
     return baseline_key(assets.state_dict, val, scoring, device.type)
 
 
-def cached_undefended(search: Scoring, assets: Assets, device: torch.device) -> Baseline | None:
-    """The base's figures scored on a ``device`` of that type before, from the cache folder, or None."""
-    return load_cached(undefended_key(search, assets, device), assets.base.cache_dir)
-
-
 def undefended_score(search: Scoring, assets: Assets, threads: int | None = None) -> Baseline:
     """The reference every trial is compared with: the same model, images, attacks and seeds, no
     defense; read from the cache folder when the same base was scored the same way before, else
     scored (with ``threads`` torch threads, when given) and kept there."""
     cfg = assets.base.replace(method="none")
-    device = resolve_device(cfg.device)
-    cached = cached_undefended(search, assets, device)
+    key = undefended_key(search, assets, resolve_device(cfg.device))  # hashes the weights and images: once
+    cached = load_cached(key, cfg.cache_dir)
     if cached is not None:
         return cached
     outcomes: dict[str, torch.Tensor] = {}
@@ -121,7 +116,7 @@ def undefended_score(search: Scoring, assets: Assets, threads: int | None = None
     finally:
         torch.set_num_threads(previous)  # the process may score a trial or an audit next
     baseline = Baseline({k: float(v) for k, v in metrics.items()}, outcomes["clean"], outcomes["robust"])
-    store_cached(undefended_key(search, assets, device), cfg.cache_dir, baseline)
+    store_cached(key, cfg.cache_dir, baseline)
     return baseline
 
 
