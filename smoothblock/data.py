@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .checkpoint import atomic_write
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -163,10 +164,8 @@ def _read_cache(path: Path, expected: int) -> TensorDataset | None:
 
 
 def _write_cache(path: Path, dataset: TensorDataset) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    torch.save({"images": dataset.images, "labels": dataset.labels}, tmp)
-    os.replace(tmp, path)
+    # Through a temporary file and a rename, as every checkpoint: a full disk leaves no half-file.
+    atomic_write(path, lambda tmp: torch.save({"images": dataset.images, "labels": dataset.labels}, tmp))
 
 
 FOLDER_ORDER_SEED = 0
